@@ -1,0 +1,418 @@
+"""The wire contract between the API and its clients: pure pydantic, no database.
+
+`flows/` imports this module (and nothing else from `api/`), so both sides validate
+the same shapes. Keep it free of sqlalchemy/sqlmodel imports: a test proves it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+#: The most items one batch POST may carry.
+MAX_BATCH_ITEMS = 1000
+#: The most records one page of `GET /media` or `/pending` returns.
+MAX_PAGE_LIMIT = 1000
+#: Current schema version of a media record; 0 is the legacy layout.
+CURRENT_SCHEMA_VERSION: Literal[1] = 1
+#: A sane range for a signal-to-noise ratio, in dB.
+SNR_RANGE_DB = (-100.0, 200.0)
+#: Upper bound for any frequency we accept, in Hz (no media format samples above 1 MHz).
+MAX_FREQUENCY_HZ = 1_000_000.0
+
+
+class BackfillKind(StrEnum):
+    """The five backfills; each value is also the endpoint path and the flow name."""
+
+    #: Fill `media.duration` (seconds).
+    MEDIA_DURATION = "media-duration"
+    #: Fill `media.hash` and `media.hash_algorithm`.
+    FILE_HASHING = "file-hashing"
+    #: Fill `media.snr` (dB) and `media.frequency` (Hz).
+    SNR_FREQUENCY = "snr-frequency"
+    #: Upgrade legacy schema-version-0 records to version 1.
+    VERSION_0 = "version-0"
+    #: Render queued projects into one video each.
+    CLIP_COMPILE = "clip-compile"
+
+
+class HashAlgorithm(StrEnum):
+    MD5 = "md5"
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    BLAKE2B = "blake2b"
+
+
+#: Hex digest length of each algorithm (hashlib defaults; blake2b is 64 bytes).
+HASH_HEX_LENGTH: dict[HashAlgorithm, int] = {
+    HashAlgorithm.MD5: 32,
+    HashAlgorithm.SHA1: 40,
+    HashAlgorithm.SHA256: 64,
+    HashAlgorithm.BLAKE2B: 128,
+}
+
+
+class ProjectStatus(StrEnum):
+    #: Being edited; not offered to clip-compile.
+    DRAFT = "draft"
+    #: Waiting for a render.
+    QUEUED = "queued"
+    #: A run has claimed it (leased; a stale lease makes it pending again).
+    COMPILING = "compiling"
+    #: Rendered; `output_media_id` points at the output.
+    COMPILED = "compiled"
+    #: The last render failed; `reason` says why.
+    FAILED = "failed"
+
+
+MediaType = Literal["audio", "video"]
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$", re.IGNORECASE)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def is_url(uri: str) -> bool:
+    """True for an http(s) URL, which clients stream instead of reading from disk."""
+    return bool(_URL.match(uri))
+
+
+def _relative_uri(uri: str) -> str:
+    """A current record's uri: an http(s) URL or a clean POSIX path relative to the root."""
+    if is_url(uri):
+        return uri
+    if "\x00" in uri or "\\" in uri:
+        raise ValueError("uri must be a POSIX path without NUL or backslash")
+    path = PurePosixPath(uri)
+    if path.is_absolute():
+        raise ValueError("uri must be relative to the media root (or an http(s) URL)")
+    if any(part in ("..", ".") for part in uri.split("/")) or "" in uri.split("/"):
+        raise ValueError("uri must be a normalised relative path: no '.', '..' or empty parts")
+    return uri
+
+
+Finite = Annotated[float, AfterValidator(_finite)]
+RecordId = Annotated[int, Field(ge=1, le=2**63 - 1, description="Primary key of the record.")]
+Uri = Annotated[str, Field(min_length=1, max_length=4096)]
+RelativeUri = Annotated[Uri, AfterValidator(_relative_uri)]
+Revision = Annotated[int, Field(ge=0, le=2**63 - 1)]
+ErrorText = Annotated[str, Field(min_length=1, max_length=4000)]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class _Strict(BaseModel):
+    """Request bodies reject unknown fields, so a typo is a 422, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+# --- Batches -----------------------------------------------------------------------------
+
+
+class BatchRequest(_Strict, Generic[T]):
+    """Body of every batch POST: at most 1,000 items; `dry_run` validates and writes nothing."""
+
+    items: list[T] = Field(max_length=MAX_BATCH_ITEMS)
+    dry_run: bool = False
+
+
+class Rejection(BaseModel):
+    """One item the server refused, with the reason; the rest of the batch still applies."""
+
+    record_id: int | None = None
+    reason: str
+
+
+class BatchResult(BaseModel):
+    """Outcome of a batch: counts, per-item rejections, and whether anything was written."""
+
+    applied: int = 0
+    unchanged: int = 0
+    rejected: list[Rejection] = Field(default_factory=list)
+    dry_run: bool = False
+
+
+# --- Media ---------------------------------------------------------------------------------
+
+
+class MediaIn(_Strict):
+    """Register one file. Version 1 needs a relative uri and a media type; 0 is a legacy import."""
+
+    uri: Uri
+    media_type: MediaType | None = None
+    size_bytes: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    schema_version: Literal[0, 1] = CURRENT_SCHEMA_VERSION
+
+    @model_validator(mode="after")
+    def _check_current(self) -> MediaIn:
+        if self.schema_version == CURRENT_SCHEMA_VERSION:
+            _relative_uri(self.uri)
+            if self.media_type is None:
+                raise ValueError("media_type is required for schema_version 1")
+        elif "\x00" in self.uri:
+            raise ValueError("uri must not contain NUL")
+        return self
+
+
+class RegisteredMedia(BaseModel):
+    """What became of one registered item: `created`, `existing` (uri known) or `rejected`."""
+
+    uri: str
+    id: int | None
+    status: Literal["created", "existing", "rejected"]
+    reason: str | None = None
+
+
+class MediaRegisterResult(BatchResult):
+    items: list[RegisteredMedia] = Field(default_factory=list)
+
+
+class MediaPublic(BaseModel):
+    """A media record with every field."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    uri: str
+    media_type: MediaType | None
+    size_bytes: int | None
+    duration: float | None
+    hash: str | None
+    hash_algorithm: HashAlgorithm | None
+    snr: float | None
+    frequency: float | None
+    sample_rate: int | None
+    channels: int | None
+    schema_version: int
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class MediaPage(BaseModel):
+    items: list[MediaPublic]
+    next_after_id: int | None
+
+
+# --- Work ----------------------------------------------------------------------------------
+
+
+class PendingItem(BaseModel):
+    """One unit of work: for clip-compile `record_id` is a project id and `uri` is None."""
+
+    record_id: int
+    revision: int
+    uri: str | None = None
+    media_type: MediaType | None = None
+    size_bytes: int | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    schema_version: int = CURRENT_SCHEMA_VERSION
+    attempts: int = Field(default=0, description="Failures recorded so far for this kind.")
+
+
+class PendingPage(BaseModel):
+    kind: BackfillKind
+    items: list[PendingItem]
+    next_after_id: int | None
+
+
+class KindCoverage(BaseModel):
+    """Coverage of one kind. `pending` excludes quarantined; `failed` counts ledger rows."""
+
+    kind: BackfillKind
+    total: int
+    done: int
+    pending: int
+    failed: int
+    quarantined: int
+
+
+class Coverage(BaseModel):
+    kinds: list[KindCoverage]
+
+
+# --- Results per kind ----------------------------------------------------------------------
+
+
+class DurationResult(_Strict):
+    record_id: RecordId
+    duration: Annotated[Finite, Field(ge=0, description="Seconds.")]
+
+
+class HashResult(_Strict):
+    record_id: RecordId
+    hash: str = Field(min_length=32, max_length=128, description="Lowercase hex digest.")
+    algorithm: HashAlgorithm
+
+    @model_validator(mode="after")
+    def _check_digest(self) -> HashResult:
+        want = HASH_HEX_LENGTH[self.algorithm]
+        if len(self.hash) != want or not _HEX.match(self.hash):
+            raise ValueError(f"hash must be {want} lowercase hex characters for {self.algorithm}")
+        return self
+
+
+class SnrFrequencyResult(_Strict):
+    record_id: RecordId
+    snr: Annotated[Finite, Field(ge=SNR_RANGE_DB[0], le=SNR_RANGE_DB[1], description="dB.")]
+    frequency: Annotated[
+        Finite, Field(gt=0, le=MAX_FREQUENCY_HZ, description="Dominant frequency, Hz.")
+    ]
+
+
+class Version0Result(_Strict):
+    """A legacy record upgraded to version 1; applied only if `expected_revision` still holds."""
+
+    record_id: RecordId
+    expected_revision: Revision
+    uri: RelativeUri
+    media_type: MediaType
+    size_bytes: int = Field(ge=0, le=2**63 - 1)
+    sample_rate: int | None = Field(default=None, gt=0, le=10_000_000)
+    channels: int | None = Field(default=None, gt=0, le=1024)
+    schema_version: Literal[1] = 1
+
+
+class ClipCompileResult(_Strict):
+    """A rendered project: the output becomes a media record; render usage is counted once."""
+
+    project_id: RecordId
+    output_uri: RelativeUri
+    thumbnail_uri: RelativeUri
+    duration: Annotated[Finite, Field(gt=0, description="Seconds of compiled output.")]
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the output file.")
+    size_bytes: int = Field(gt=0, le=2**63 - 1)
+    render_seconds: Annotated[Finite, Field(ge=0, description="Seconds counted against quota.")]
+
+
+class FailureItem(_Strict):
+    """A record the client could not process; for clip-compile `record_id` is a project id."""
+
+    record_id: RecordId
+    error: ErrorText
+
+
+# --- Tiers and projects --------------------------------------------------------------------
+
+
+class TierIn(_Strict):
+    max_clips: int = Field(ge=1, le=10_000)
+    max_height: int = Field(ge=16, le=4320)
+    monthly_render_seconds: Annotated[Finite, Field(ge=0)]
+
+
+class TierPublic(TierIn):
+    model_config = ConfigDict(from_attributes=True, extra="ignore")
+
+    name: str
+
+
+class ClipIn(_Strict):
+    media_id: RecordId
+    start: Annotated[Finite, Field(ge=0)]
+    end: Annotated[Finite, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _check_span(self) -> ClipIn:
+        if self.end <= self.start:
+            raise ValueError("end must be greater than start")
+        return self
+
+
+class ProjectCreate(_Strict):
+    name: Name
+    owner: Name
+    tier: Name | None = Field(default=None, description="Sets the owner's tier (default free).")
+    clips: list[ClipIn] = Field(default_factory=list, max_length=MAX_BATCH_ITEMS)
+    intro_media_id: RecordId | None = None
+    outro_media_id: RecordId | None = None
+    transition_media_id: RecordId | None = None
+    height: int | None = Field(default=None, ge=16, le=4320)
+    fps: Annotated[Finite, Field(ge=1, le=120)] | None = None
+    status: Literal[ProjectStatus.QUEUED, ProjectStatus.DRAFT] = ProjectStatus.QUEUED
+
+
+class ProjectCreated(BaseModel):
+    id: int
+    status: ProjectStatus
+
+
+class ProjectPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    owner: str
+    status: ProjectStatus
+    reason: str | None
+    output_media_id: int | None
+    thumbnail_uri: str | None
+    height: int | None
+    fps: float | None
+    intro_media_id: int | None
+    outro_media_id: int | None
+    transition_media_id: int | None
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProjectStatusUpdate(_Strict):
+    status: ProjectStatus
+    reason: ErrorText | None = None
+
+
+class ContextClip(BaseModel):
+    position: int
+    start: float
+    end: float
+    media: MediaPublic
+
+
+class CompilationContext(BaseModel):
+    """Everything one render needs, in one call."""
+
+    project: ProjectPublic
+    clips: list[ContextClip]
+    intro: MediaPublic | None
+    outro: MediaPublic | None
+    transition: MediaPublic | None
+    tier: TierPublic
+    remaining_render_seconds: float
+
+
+# --- Misc ----------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: bool
+    version: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+DurationBatch = BatchRequest[DurationResult]
+HashBatch = BatchRequest[HashResult]
+SnrFrequencyBatch = BatchRequest[SnrFrequencyResult]
+Version0Batch = BatchRequest[Version0Result]
+ClipCompileBatch = BatchRequest[ClipCompileResult]
+FailureBatch = BatchRequest[FailureItem]
+MediaRegisterBatch = BatchRequest[MediaIn]
