@@ -1,0 +1,96 @@
+"""Dependency aliases: the session, the settings, the caller and the batch headers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlmodel import Session
+
+from api.core.config import Settings
+from api.core.security import hash_token, same_hash
+from api.models import ApiToken
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine, expire_on_commit=False) as session:
+        yield session
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: `backfill api token create`.")
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def get_caller(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiToken:
+    """The token's row: 401 when missing, unknown or revoked."""
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("Not authenticated")
+    digest = hash_token(credentials.credentials)
+    token = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).first()  # type: ignore[arg-type]
+    session.rollback()  # end the read transaction: the route opens its own
+    if token is None or not same_hash(token.token_hash, digest) or token.revoked_at is not None:
+        raise _unauthorized("Invalid or revoked token")
+    return token
+
+
+Caller = Annotated[ApiToken, Depends(get_caller)]
+
+
+def require_admin(caller: Caller) -> ApiToken:
+    if caller.role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Admin token required")
+    return caller
+
+
+Admin = Annotated[ApiToken, Depends(require_admin)]
+
+
+@dataclass(frozen=True)
+class BatchHeaders:
+    idempotency_key: str | None
+    flow_run_id: str | None
+
+
+def get_batch_headers(
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="Makes the batch exactly-once: a replay returns the stored response.",
+        ),
+    ] = None,
+    flow_run_id: Annotated[
+        str | None,
+        Header(
+            alias="X-Prefect-Flow-Run-Id",
+            max_length=200,
+            description="The Prefect flow run that sent the batch; kept in the audit.",
+        ),
+    ] = None,
+) -> BatchHeaders:
+    return BatchHeaders(idempotency_key=idempotency_key, flow_run_id=flow_run_id)
+
+
+BatchHeadersDep = Annotated[BatchHeaders, Depends(get_batch_headers)]

@@ -1,0 +1,174 @@
+"""Database tables (SQLModel). Only the API imports this module."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+#: 64-bit ids on PostgreSQL; SQLite needs INTEGER for its rowid primary key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _pk() -> Any:
+    return Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+
+
+def _ts(*, index: bool = False) -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=index),
+    )
+
+
+def _fk(target: str, *, nullable: bool = True, ondelete: str | None = None) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(BigId, ForeignKey(target, ondelete=ondelete), nullable=nullable),
+    )
+
+
+class Media(SQLModel, table=True):
+    """A file of the corpus and its derived fields."""
+
+    __tablename__ = "media"
+
+    id: int | None = _pk()
+    uri: str = Field(sa_column=Column(Text, nullable=False))
+    #: sha256 of `uri`: the unique key (a 4 KiB uri is too long for a btree entry).
+    uri_key: str = Field(max_length=64, unique=True)
+    media_type: str | None = Field(default=None, max_length=8)
+    size_bytes: int | None = Field(default=None, sa_type=BigInteger)
+    duration: float | None = None
+    hash: str | None = Field(default=None, max_length=128)
+    hash_algorithm: str | None = Field(default=None, max_length=16)
+    snr: float | None = None
+    frequency: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    schema_version: int = Field(default=1, index=True)
+    revision: int = Field(default=1, sa_type=BigInteger)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class BackfillFailure(SQLModel, table=True):
+    """The failure ledger: one row per (kind, record); quarantined after N attempts."""
+
+    __tablename__ = "backfill_failures"
+    __table_args__ = (UniqueConstraint("kind", "record_id"),)
+
+    id: int | None = _pk()
+    kind: str = Field(max_length=32)
+    record_id: int = Field(sa_type=BigInteger)
+    attempts: int = 1
+    last_error: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: datetime = _ts()
+
+
+class Tier(SQLModel, table=True):
+    __tablename__ = "tiers"
+
+    name: str = Field(primary_key=True, max_length=200)
+    max_clips: int
+    max_height: int
+    monthly_render_seconds: float
+
+
+class Owner(SQLModel, table=True):
+    __tablename__ = "owners"
+
+    id: int | None = _pk()
+    name: str = Field(max_length=200, unique=True)
+    tier_name: str = Field(foreign_key="tiers.name", max_length=200)
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "projects"
+
+    id: int | None = _pk()
+    name: str = Field(max_length=200)
+    owner_id: int = _fk("owners.id", nullable=False)
+    status: str = Field(max_length=16, index=True)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    intro_media_id: int | None = _fk("media.id")
+    outro_media_id: int | None = _fk("media.id")
+    transition_media_id: int | None = _fk("media.id")
+    output_media_id: int | None = _fk("media.id")
+    thumbnail_uri: str | None = Field(default=None, sa_column=Column(Text))
+    height: int | None = None
+    fps: float | None = None
+    revision: int = Field(default=1, sa_type=BigInteger)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts(index=True)
+
+
+class Clip(SQLModel, table=True):
+    __tablename__ = "clips"
+    __table_args__ = (UniqueConstraint("project_id", "position"),)
+
+    id: int | None = _pk()
+    project_id: int = _fk("projects.id", nullable=False, ondelete="CASCADE")
+    position: int
+    media_id: int = _fk("media.id", nullable=False)
+    start: float
+    end: float
+
+
+class RenderUsage(SQLModel, table=True):
+    """Seconds of compiled output, one row per project: never counted twice."""
+
+    __tablename__ = "render_usage"
+
+    id: int | None = _pk()
+    project_id: int = Field(
+        sa_column=Column(BigId, ForeignKey("projects.id"), nullable=False, unique=True)
+    )
+    owner_id: int = _fk("owners.id", nullable=False)
+    seconds: float
+    created_at: datetime = _ts(index=True)
+
+
+class Audit(SQLModel, table=True):
+    """One row per batch the API applied (dry runs included, marked)."""
+
+    __tablename__ = "audit"
+
+    id: int | None = _pk()
+    created_at: datetime = _ts()
+    token_name: str = Field(max_length=200)
+    kind: str = Field(max_length=32)
+    dry_run: bool
+    applied: int
+    unchanged: int
+    rejected: int
+    flow_run_id: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+
+    id: int | None = _pk()
+    name: str = Field(max_length=200, unique=True)
+    role: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The stored response of a keyed batch: a replay returns it and changes nothing."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: str = Field(primary_key=True, max_length=200)
+    request_hash: str = Field(max_length=64)
+    response: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = _ts(index=True)

@@ -1,0 +1,9 @@
+from fastapi import APIRouter
+
+from api.routes import backfills, health, media, projects
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(media.router)
+api_router.include_router(backfills.router)
+api_router.include_router(projects.router)

@@ -1,0 +1,392 @@
+"""Apply result batches: compare with stored values, write changed rows in one statement.
+
+Every kind goes through `run_batch`, which adds the idempotency record and the audit row
+in the same transaction as the writes, so a batch is applied whole and exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import Row, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from api.models import Audit, BackfillFailure, IdempotencyRecord, Media, utcnow
+from api.schemas import (
+    BackfillKind,
+    BatchRequest,
+    BatchResult,
+    DurationResult,
+    FailureItem,
+    HashResult,
+    Rejection,
+    SnrFrequencyResult,
+    Version0Result,
+)
+
+ResultT = TypeVar("ResultT", bound=BatchResult)
+
+MEDIA = Media.__table__  # type: ignore[attr-defined]
+FAILURES = BackfillFailure.__table__  # type: ignore[attr-defined]
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request."""
+
+
+@dataclass
+class Outcome:
+    """What a kind's applier decided, before anything is written."""
+
+    rejected: list[Rejection] = field(default_factory=list)
+    unchanged: list[int] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, record_id: int | None, reason: str) -> None:
+        self.rejected.append(Rejection(record_id=record_id, reason=reason))
+
+    def result(self, *, dry_run: bool) -> BatchResult:
+        return BatchResult(
+            applied=len(self.changes),
+            unchanged=len(self.unchanged),
+            rejected=self.rejected,
+            dry_run=dry_run,
+        )
+
+
+def request_fingerprint(scope: str, body: BaseModel) -> str:
+    """A stable hash of what was asked: the endpoint and the validated body."""
+    payload = scope.encode() + b"\n" + body.model_dump_json().encode()
+    return hashlib.sha256(payload).hexdigest()
+
+
+def run_batch(
+    *,
+    session: Session,
+    kind: str,
+    body: BaseModel,
+    dry_run: bool,
+    apply: Callable[[], ResultT],
+    result_type: type[ResultT],
+    token_name: str,
+    idempotency_key: str | None,
+    flow_run_id: str | None,
+) -> ResultT:
+    """Run `apply` in one transaction with its audit row and idempotency record."""
+    fingerprint = request_fingerprint(kind, body)
+    if idempotency_key is not None:
+        stored = _stored_response(session, idempotency_key, fingerprint, result_type)
+        if stored is not None:
+            session.rollback()
+            return stored
+        # Claim the key before the work: a concurrent request with the same key blocks on
+        # this row (PostgreSQL) or on the write lock (SQLite), then finds it and replays.
+        session.add(IdempotencyRecord(key=idempotency_key, request_hash=fingerprint, response=""))
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            session.rollback()
+            stored = _stored_response(session, idempotency_key, fingerprint, result_type)
+            session.rollback()
+            if stored is None:  # pragma: no cover - the other writer rolled back
+                raise IdempotencyConflict("Idempotency-Key is in use by another request.") from exc
+            return stored
+    result = apply()
+    session.add(
+        Audit(
+            token_name=token_name,
+            kind=kind,
+            dry_run=dry_run,
+            applied=result.applied,
+            unchanged=result.unchanged,
+            rejected=len(result.rejected),
+            flow_run_id=flow_run_id,
+            idempotency_key=idempotency_key,
+        )
+    )
+    if idempotency_key is not None:
+        session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.key == idempotency_key)  # type: ignore[arg-type]
+            .values(response=result.model_dump_json())
+        )
+    session.commit()
+    return result
+
+
+def _stored_response(
+    session: Session, key: str, fingerprint: str, result_type: type[ResultT]
+) -> ResultT | None:
+    record = session.get(IdempotencyRecord, key)
+    if record is None:
+        return None
+    if record.request_hash != fingerprint:
+        raise IdempotencyConflict("Idempotency-Key was already used with a different request body.")
+    return result_type.model_validate_json(record.response)
+
+
+# --- Helpers shared by the media kinds ------------------------------------------------------
+
+
+def dedupe(items: Sequence[Any], outcome: Outcome, *, key: str = "record_id") -> list[Any]:
+    """Keep the first item per record; later duplicates are rejected by themselves."""
+    seen: set[int] = set()
+    kept = []
+    for item in items:
+        rid = getattr(item, key)
+        if rid in seen:
+            outcome.reject(rid, "duplicate record_id in this batch")
+            continue
+        seen.add(rid)
+        kept.append(item)
+    return kept
+
+
+def lock_media(session: Session, ids: Iterable[int], *columns: Any) -> dict[int, Row[Any]]:
+    """Current values of the given media rows, locked for update (id order: no deadlocks)."""
+    id_list = sorted(set(ids))
+    if not id_list:
+        return {}
+    stmt = (
+        select(MEDIA.c.id, MEDIA.c.revision, MEDIA.c.schema_version, *columns)
+        .where(MEDIA.c.id.in_(id_list))
+        .order_by(MEDIA.c.id)
+        .with_for_update()
+    )
+    return {row.id: row for row in session.execute(stmt)}
+
+
+def write_media(session: Session, kind: str, changes: list[dict[str, Any]], now: datetime) -> None:
+    """One executemany UPDATE for the changed rows (bumping revision), one DELETE of ledger rows."""
+    if not changes:
+        return
+    columns = [name for name in changes[0] if name != "id"]
+    stmt = (
+        MEDIA.update()
+        .where(MEDIA.c.id == bindparam("b_id"))
+        .values(
+            {name: bindparam(f"b_{name}") for name in columns},
+            revision=MEDIA.c.revision + 1,
+            updated_at=now,
+        )
+    )
+    params = [{f"b_{k}" if k != "id" else "b_id": v for k, v in c.items()} for c in changes]
+    session.execute(stmt, params)
+    clear_failures(session, kind, [c["id"] for c in changes])
+
+
+def clear_failures(session: Session, kind: str, ids: list[int]) -> None:
+    if ids:
+        session.execute(
+            delete(BackfillFailure).where(
+                BackfillFailure.kind == kind,  # type: ignore[arg-type]
+                BackfillFailure.record_id.in_(ids),  # type: ignore[attr-defined]
+            )
+        )
+
+
+def same(a: float | None, b: float) -> bool:
+    return a is not None and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def _check_current(row: Row[Any] | None, rid: int, outcome: Outcome) -> bool:
+    if row is None:
+        outcome.reject(rid, "record not found")
+        return False
+    if row.schema_version == 0:
+        outcome.reject(rid, "record is a legacy schema_version 0 record; run version-0 first")
+        return False
+    return True
+
+
+def _apply_fields(
+    *,
+    session: Session,
+    kind: BackfillKind,
+    items: Sequence[BaseModel],
+    dry_run: bool,
+    fields: dict[str, str],
+    check: Callable[[Any, Row[Any]], str | None] | None = None,
+) -> BatchResult:
+    """Apply items that set plain media columns: `fields` maps item attribute -> column."""
+    outcome = Outcome()
+    kept = dedupe(items, outcome)
+    extra = [MEDIA.c[col] for col in fields.values()]
+    if check is not None:
+        extra.append(MEDIA.c.sample_rate)
+    rows = lock_media(session, (i.record_id for i in kept), *extra)
+    for item in kept:
+        rid = item.record_id
+        row = rows.get(rid)
+        if not _check_current(row, rid, outcome):
+            continue
+        assert row is not None
+        if check is not None and (reason := check(item, row)) is not None:
+            outcome.reject(rid, reason)
+            continue
+        values = {col: getattr(item, attr) for attr, col in fields.items()}
+        if all(
+            same(getattr(row, col), v) if isinstance(v, float) else getattr(row, col) == v
+            for col, v in values.items()
+        ):
+            outcome.unchanged.append(rid)
+        else:
+            outcome.changes.append({"id": rid, **values})
+    if not dry_run:
+        write_media(session, kind, outcome.changes, utcnow())
+        clear_failures(session, kind, outcome.unchanged)
+    return outcome.result(dry_run=dry_run)
+
+
+def apply_durations(*, session: Session, batch: BatchRequest[DurationResult]) -> BatchResult:
+    return _apply_fields(
+        session=session,
+        kind=BackfillKind.MEDIA_DURATION,
+        items=batch.items,
+        dry_run=batch.dry_run,
+        fields={"duration": "duration"},
+    )
+
+
+def apply_hashes(*, session: Session, batch: BatchRequest[HashResult]) -> BatchResult:
+    return _apply_fields(
+        session=session,
+        kind=BackfillKind.FILE_HASHING,
+        items=[item.model_copy(update={"algorithm": item.algorithm.value}) for item in batch.items],
+        dry_run=batch.dry_run,
+        fields={"hash": "hash", "algorithm": "hash_algorithm"},
+    )
+
+
+def _check_nyquist(item: SnrFrequencyResult, row: Row[Any]) -> str | None:
+    if row.sample_rate and item.frequency > row.sample_rate / 2:
+        return (
+            f"frequency {item.frequency:g} Hz is above the Nyquist limit "
+            f"{row.sample_rate / 2:g} Hz of this record"
+        )
+    return None
+
+
+def apply_snr_frequency(
+    *, session: Session, batch: BatchRequest[SnrFrequencyResult]
+) -> BatchResult:
+    return _apply_fields(
+        session=session,
+        kind=BackfillKind.SNR_FREQUENCY,
+        items=batch.items,
+        dry_run=batch.dry_run,
+        fields={"snr": "snr", "frequency": "frequency"},
+        check=_check_nyquist,
+    )
+
+
+def apply_version0(*, session: Session, batch: BatchRequest[Version0Result]) -> BatchResult:
+    """Upgrade legacy records, compare-and-set on `expected_revision`."""
+    from api.services.media import uri_key
+
+    outcome = Outcome()
+    kept = dedupe(batch.items, outcome)
+    cols = ("uri", "media_type", "size_bytes", "sample_rate", "channels")
+    rows = lock_media(session, (i.record_id for i in kept), *(MEDIA.c[c] for c in cols))
+    keys = {uri_key(i.uri): i.record_id for i in kept}
+    taken = dict(
+        session.execute(select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(list(keys))))
+    )
+    claimed: dict[str, int] = {}
+    for item in kept:
+        rid, row = item.record_id, rows.get(item.record_id)
+        if row is None:
+            outcome.reject(rid, "record not found")
+            continue
+        values = item.model_dump(include=set(cols)) | {"schema_version": 1}
+        if row.schema_version != 0:
+            if all(getattr(row, c) == values[c] for c in cols):
+                outcome.unchanged.append(rid)
+            else:
+                outcome.reject(rid, f"record is already schema_version {row.schema_version}")
+            continue
+        if row.revision != item.expected_revision:
+            outcome.reject(
+                rid,
+                f"conflict: record is at revision {row.revision}, "
+                f"expected {item.expected_revision}",
+            )
+            continue
+        key = uri_key(item.uri)
+        owner = taken.get(key, claimed.get(key))
+        if owner is not None and owner != rid:
+            outcome.reject(rid, f"uri {item.uri!r} is already used by record {owner}")
+            continue
+        claimed[key] = rid
+        outcome.changes.append({"id": rid, "uri_key": key, **values})
+    if not batch.dry_run:
+        write_media(session, BackfillKind.VERSION_0, outcome.changes, utcnow())
+        clear_failures(session, BackfillKind.VERSION_0, outcome.unchanged)
+    return outcome.result(dry_run=batch.dry_run)
+
+
+def record_failures(
+    *, session: Session, kind: BackfillKind, batch: BatchRequest[FailureItem]
+) -> BatchResult:
+    """Add one attempt per item to the ledger; a clip-compile failure also fails the project."""
+    from api.services.projects import fail_projects
+
+    outcome = Outcome()
+    kept = dedupe(batch.items, outcome)
+    ids = [i.record_id for i in kept]
+    if kind is BackfillKind.CLIP_COMPILE:
+        known = fail_projects(session=session, items=kept, dry_run=batch.dry_run)
+    else:
+        known = set(session.scalars(select(MEDIA.c.id).where(MEDIA.c.id.in_(ids))))
+    ledger = {
+        row.record_id: row.attempts
+        for row in session.execute(
+            select(FAILURES.c.record_id, FAILURES.c.attempts)
+            .where(FAILURES.c.kind == kind.value, FAILURES.c.record_id.in_(ids))
+            .with_for_update()
+        )
+    }
+    now = utcnow()
+    new_rows: list[dict[str, Any]] = []
+    bumps: list[dict[str, Any]] = []
+    for item in kept:
+        if item.record_id not in known:
+            outcome.reject(item.record_id, "record not found")
+            continue
+        row = {"record_id": item.record_id, "last_error": item.error, "updated_at": now}
+        (bumps if item.record_id in ledger else new_rows).append(row)
+        outcome.changes.append(row)
+    if not batch.dry_run:
+        if new_rows:
+            session.execute(insert(FAILURES), [{"kind": kind.value, **r} for r in new_rows])
+        if bumps:
+            session.execute(
+                FAILURES.update()
+                .where(FAILURES.c.kind == kind.value, FAILURES.c.record_id == bindparam("b_id"))
+                .values(
+                    attempts=FAILURES.c.attempts + 1,
+                    last_error=bindparam("b_error"),
+                    updated_at=now,
+                ),
+                [{"b_id": r["record_id"], "b_error": r["last_error"]} for r in bumps],
+            )
+    return outcome.result(dry_run=batch.dry_run)
+
+
+__all__ = [
+    "IdempotencyConflict",
+    "Outcome",
+    "apply_durations",
+    "apply_hashes",
+    "apply_snr_frequency",
+    "apply_version0",
+    "record_failures",
+    "run_batch",
+]

@@ -1,0 +1,102 @@
+"""Register and read media records."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+
+from api.models import Media, utcnow
+from api.schemas import (
+    BatchRequest,
+    MediaIn,
+    MediaPage,
+    MediaPublic,
+    MediaRegisterResult,
+    MediaType,
+    RegisteredMedia,
+)
+
+MEDIA = Media.__table__  # type: ignore[attr-defined]
+
+
+def uri_key(uri: str) -> str:
+    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRegisterResult:
+    """Insert unknown uris in one statement; known ones are reported, never duplicated."""
+    keys = [uri_key(item.uri) for item in batch.items]
+    existing = dict(
+        session.execute(select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(keys))).all()
+    )
+    now = utcnow()
+    fresh: dict[str, dict[str, object]] = {}
+    for key, item in zip(keys, batch.items, strict=True):
+        if key not in existing and key not in fresh:
+            fresh[key] = {
+                "uri": item.uri,
+                "uri_key": key,
+                "media_type": item.media_type,
+                "size_bytes": item.size_bytes,
+                "schema_version": item.schema_version,
+                "revision": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+    created: dict[str, int] = {}
+    if fresh and not batch.dry_run:
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        stmt = (
+            dialect.insert(MEDIA)
+            .values(list(fresh.values()))
+            .on_conflict_do_nothing(index_elements=["uri_key"])
+            .returning(MEDIA.c.uri_key, MEDIA.c.id)
+        )
+        created = dict(session.execute(stmt).all())
+        # A concurrent writer may have won a uri between our read and our insert.
+        missing = [k for k in fresh if k not in created]
+        if missing:
+            existing.update(
+                session.execute(
+                    select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(missing))
+                )
+            )
+    result = MediaRegisterResult(dry_run=batch.dry_run)
+    reported: set[str] = set()
+    for key, item in zip(keys, batch.items, strict=True):
+        if key in created and key not in reported:
+            result.items.append(RegisteredMedia(uri=item.uri, id=created[key], status="created"))
+            result.applied += 1
+        elif key in fresh and batch.dry_run and key not in reported:
+            result.items.append(RegisteredMedia(uri=item.uri, id=None, status="created"))
+            result.applied += 1
+        else:
+            rid = existing.get(key, created.get(key))
+            result.items.append(RegisteredMedia(uri=item.uri, id=rid, status="existing"))
+            result.unchanged += 1
+        reported.add(key)
+    session.commit()
+    return result
+
+
+def list_media(
+    *,
+    session: Session,
+    after_id: int,
+    limit: int,
+    media_type: MediaType | None = None,
+    schema_version: int | None = None,
+) -> MediaPage:
+    """One keyset page of records, by id."""
+    stmt = select(Media).where(col(Media.id) > after_id)
+    if media_type is not None:
+        stmt = stmt.where(col(Media.media_type) == media_type)
+    if schema_version is not None:
+        stmt = stmt.where(col(Media.schema_version) == schema_version)
+    rows = session.scalars(stmt.order_by(col(Media.id)).limit(limit + 1)).all()
+    items = [MediaPublic.model_validate(row) for row in rows[:limit]]
+    next_after = items[-1].id if len(rows) > limit else None
+    return MediaPage(items=items, next_after_id=next_after)

@@ -1,0 +1,321 @@
+"""Tiers, owners, projects, their status machine, and clip-compile results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from api.models import Clip, Media, Owner, Project, RenderUsage, Tier, utcnow
+from api.schemas import (
+    BatchRequest,
+    BatchResult,
+    ClipCompileResult,
+    CompilationContext,
+    ContextClip,
+    FailureItem,
+    MediaPublic,
+    ProjectCreate,
+    ProjectPublic,
+    ProjectStatus,
+    TierIn,
+    TierPublic,
+)
+from api.services.batches import Outcome, clear_failures, dedupe
+from api.services.media import uri_key
+
+#: The only moves `PUT /projects/{id}/status` allows; anything else is a 409.
+TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
+    ProjectStatus.DRAFT: {ProjectStatus.QUEUED},
+    ProjectStatus.QUEUED: {ProjectStatus.COMPILING},
+    ProjectStatus.COMPILING: {ProjectStatus.FAILED},
+    ProjectStatus.FAILED: {ProjectStatus.QUEUED},
+    ProjectStatus.COMPILED: set(),
+}
+
+DEFAULT_TIER = "free"
+
+
+class NotFound(Exception):
+    """A referenced row does not exist; the message names it."""
+
+
+class Conflict(Exception):
+    """The request is valid but the current state forbids it."""
+
+
+def put_tier(*, session: Session, name: str, tier_in: TierIn) -> TierPublic:
+    tier = session.get(Tier, name)
+    if tier is None:
+        tier = Tier(name=name, **tier_in.model_dump())
+    else:
+        tier.sqlmodel_update(tier_in.model_dump())
+    session.add(tier)
+    session.commit()
+    return TierPublic.model_validate(tier)
+
+
+def _owner(session: Session, name: str, tier_name: str | None) -> Owner:
+    if tier_name is not None and session.get(Tier, tier_name) is None:
+        raise NotFound(f"Tier {tier_name!r} not found")
+    owner = session.scalars(select(Owner).where(Owner.name == name)).first()  # type: ignore[arg-type]
+    if owner is None:
+        owner = Owner(name=name, tier_name=tier_name or DEFAULT_TIER)
+    elif tier_name is not None:
+        owner.tier_name = tier_name
+    session.add(owner)
+    session.flush()
+    return owner
+
+
+def create_project(*, session: Session, project_in: ProjectCreate) -> Project:
+    """A project with its ordered clips; its owner is created on first use."""
+    wanted = {c.media_id for c in project_in.clips} | {
+        m
+        for m in (
+            project_in.intro_media_id,
+            project_in.outro_media_id,
+            project_in.transition_media_id,
+        )
+        if m is not None
+    }
+    known = set(session.scalars(select(col(Media.id)).where(col(Media.id).in_(wanted))))
+    if missing := sorted(wanted - known):
+        raise NotFound(f"Media not found: {', '.join(map(str, missing))}")
+    owner = _owner(session, project_in.owner, project_in.tier)
+    project = Project(
+        name=project_in.name,
+        owner_id=owner.id,  # type: ignore[arg-type]
+        status=project_in.status.value,
+        intro_media_id=project_in.intro_media_id,
+        outro_media_id=project_in.outro_media_id,
+        transition_media_id=project_in.transition_media_id,
+        height=project_in.height,
+        fps=project_in.fps,
+    )
+    session.add(project)
+    session.flush()
+    session.add_all(
+        Clip(project_id=project.id, position=i, media_id=c.media_id, start=c.start, end=c.end)  # type: ignore[arg-type]
+        for i, c in enumerate(project_in.clips)
+    )
+    session.commit()
+    return project
+
+
+def project_public(session: Session, project: Project) -> ProjectPublic:
+    owner = session.get(Owner, project.owner_id)
+    assert owner is not None
+    return ProjectPublic.model_validate(project.model_dump() | {"owner": owner.name})
+
+
+def get_project(*, session: Session, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound("Project not found")
+    return project
+
+
+def _lease_expired(project: Project, lease_seconds: float) -> bool:
+    updated = project.updated_at
+    if updated.tzinfo is None:  # SQLite hands back naive UTC
+        updated = updated.replace(tzinfo=UTC)
+    return updated < utcnow() - timedelta(seconds=lease_seconds)
+
+
+def set_status(
+    *,
+    session: Session,
+    project_id: int,
+    status: ProjectStatus,
+    reason: str | None,
+    lease_seconds: float,
+) -> Project:
+    """Move a project along TRANSITIONS; re-claiming a stale `compiling` lease is allowed."""
+    project = session.scalars(
+        select(Project).where(Project.id == project_id).with_for_update()  # type: ignore[arg-type]
+    ).first()
+    if project is None:
+        raise NotFound("Project not found")
+    current = ProjectStatus(project.status)
+    reclaim = (
+        current is ProjectStatus.COMPILING
+        and status is ProjectStatus.COMPILING
+        and _lease_expired(project, lease_seconds)
+    )
+    if status not in TRANSITIONS[current] and not reclaim:
+        raise Conflict(f"Cannot move a project from {current} to {status}")
+    project.status = status.value
+    project.reason = reason if status is ProjectStatus.FAILED else None
+    project.revision += 1
+    project.updated_at = utcnow()
+    session.add(project)
+    session.commit()
+    return project
+
+
+def _month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def remaining_render_seconds(session: Session, owner_id: int, tier: Tier) -> float:
+    used = session.scalar(
+        select(func.coalesce(func.sum(RenderUsage.seconds), 0.0)).where(
+            RenderUsage.owner_id == owner_id,  # type: ignore[arg-type]
+            RenderUsage.created_at >= _month_start(utcnow()),  # type: ignore[arg-type]
+        )
+    )
+    return max(0.0, tier.monthly_render_seconds - float(used or 0.0))
+
+
+def compilation_context(*, session: Session, project_id: int) -> CompilationContext:
+    """Everything one render needs, in a fixed number of queries (no N+1)."""
+    project = get_project(session=session, project_id=project_id)
+    owner = session.get(Owner, project.owner_id)
+    assert owner is not None
+    tier = session.get(Tier, owner.tier_name)
+    assert tier is not None
+    rows = session.execute(
+        select(Clip, Media)
+        .join(Media, Media.id == Clip.media_id)  # type: ignore[arg-type]
+        .where(Clip.project_id == project_id)  # type: ignore[arg-type]
+        .order_by(Clip.position)  # type: ignore[arg-type]
+    ).all()
+    extra_ids = [
+        m
+        for m in (project.intro_media_id, project.outro_media_id, project.transition_media_id)
+        if m is not None
+    ]
+    extras = {
+        m.id: MediaPublic.model_validate(m)
+        for m in session.scalars(select(Media).where(Media.id.in_(extra_ids)))  # type: ignore[union-attr]
+    }
+    return CompilationContext(
+        project=ProjectPublic.model_validate(project.model_dump() | {"owner": owner.name}),
+        clips=[
+            ContextClip(
+                position=clip.position,
+                start=clip.start,
+                end=clip.end,
+                media=MediaPublic.model_validate(media),
+            )
+            for clip, media in rows
+        ],
+        intro=extras.get(project.intro_media_id),
+        outro=extras.get(project.outro_media_id),
+        transition=extras.get(project.transition_media_id),
+        tier=TierPublic.model_validate(tier),
+        remaining_render_seconds=remaining_render_seconds(session, owner.id, tier),  # type: ignore[arg-type]
+    )
+
+
+def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResult]) -> BatchResult:
+    """Link each output as a media record, mark the project compiled, count usage once."""
+    outcome = Outcome()
+    kept = dedupe(batch.items, outcome, key="project_id")
+    projects = {
+        p.id: p
+        for p in session.scalars(
+            select(Project)
+            .where(Project.id.in_([i.project_id for i in kept]))  # type: ignore[union-attr]
+            .order_by(Project.id)  # type: ignore[arg-type]
+            .with_for_update()
+        )
+    }
+    now = utcnow()
+    done: list[int] = []
+    for item in kept:
+        project = projects.get(item.project_id)
+        if project is None:
+            outcome.reject(item.project_id, "project not found")
+            continue
+        status = ProjectStatus(project.status)
+        if status is ProjectStatus.COMPILED:
+            output = session.get(Media, project.output_media_id)
+            if output is not None and output.hash == item.hash:
+                outcome.unchanged.append(item.project_id)
+            else:
+                outcome.reject(item.project_id, "project is already compiled")
+            continue
+        if status not in (ProjectStatus.COMPILING, ProjectStatus.QUEUED):
+            outcome.reject(item.project_id, f"project is {status}, not compiling")
+            continue
+        owner = session.get(Owner, project.owner_id)
+        tier = session.get(Tier, owner.tier_name) if owner else None
+        assert owner is not None and tier is not None
+        remaining = remaining_render_seconds(session, owner.id, tier)  # type: ignore[arg-type]
+        if item.render_seconds > remaining + 1e-6:
+            outcome.reject(
+                item.project_id,
+                f"render quota exceeded: {item.render_seconds:g} s needed, {remaining:g} s left",
+            )
+            continue
+        outcome.changes.append({"id": item.project_id})
+        if batch.dry_run:
+            continue
+        key = uri_key(item.output_uri)
+        media = session.scalars(select(Media).where(Media.uri_key == key)).first()  # type: ignore[arg-type]
+        if media is None:
+            media = Media(uri=item.output_uri, uri_key=key, media_type="video")
+        else:
+            media.revision += 1
+        media.sqlmodel_update(
+            {
+                "hash": item.hash,
+                "hash_algorithm": "sha256",
+                "size_bytes": item.size_bytes,
+                "duration": item.duration,
+                "updated_at": now,
+            }
+        )
+        session.add(media)
+        session.flush()
+        project.sqlmodel_update(
+            {
+                "status": ProjectStatus.COMPILED.value,
+                "reason": None,
+                "output_media_id": media.id,
+                "thumbnail_uri": item.thumbnail_uri,
+                "revision": project.revision + 1,
+                "updated_at": now,
+            }
+        )
+        session.add(project)
+        session.add(
+            RenderUsage(project_id=project.id, owner_id=owner.id, seconds=item.render_seconds)  # type: ignore[arg-type]
+        )
+        session.flush()
+        done.append(item.project_id)
+    if not batch.dry_run:
+        from api.schemas import BackfillKind
+
+        clear_failures(session, BackfillKind.CLIP_COMPILE, done + outcome.unchanged)
+    return outcome.result(dry_run=batch.dry_run)
+
+
+def fail_projects(*, session: Session, items: Sequence[FailureItem], dry_run: bool) -> set[int]:
+    """Mark projects failed with the error as reason; returns the ids that exist."""
+    projects = session.scalars(
+        select(Project)
+        .where(Project.id.in_([i.record_id for i in items]))  # type: ignore[union-attr]
+        .order_by(Project.id)  # type: ignore[arg-type]
+        .with_for_update()
+    ).all()
+    by_id = {p.id: p for p in projects}
+    now = utcnow()
+    for item in items:
+        project = by_id.get(item.record_id)
+        if project is None or dry_run or project.status == ProjectStatus.COMPILED.value:
+            continue
+        project.sqlmodel_update(
+            {
+                "status": ProjectStatus.FAILED.value,
+                "reason": item.error,
+                "revision": project.revision + 1,
+                "updated_at": now,
+            }
+        )
+        session.add(project)
+    return {p for p in by_id if p is not None}
