@@ -46,8 +46,8 @@ def decode_audio(path: Path, *, rate: int = 16_000) -> NDArray[np.float32]:
 
     Raises AssertionError if ffmpeg fails (e.g. the file has no audio stream).
     """
-    done = ffmpeg("-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(rate),
-                  "-f", "f32le", "-")
+    args = ["-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(rate)]
+    done = ffmpeg(*args, "-f", "f32le", "-")
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     return np.frombuffer(done.stdout, dtype=np.float32)
 

@@ -6,11 +6,18 @@ from tests.api.utils import register
 
 
 def test_register_media_reports_existing(client: httpx.Client) -> None:
-    body = {"items": [{"uri": "a/x.wav", "media_type": "audio"}, {"uri": "a/y.mp4", "media_type": "video"}]}
+    body = {
+        "items": [
+            {"uri": "a/x.wav", "media_type": "audio"},
+            {"uri": "a/y.mp4", "media_type": "video"},
+        ]
+    }
     first = client.post("/media", json=body).json()
     assert first["applied"] == 2 and first["unchanged"] == 0
     assert [i["status"] for i in first["items"]] == ["created", "created"]
-    again = client.post("/media", json=body | {"items": body["items"] + [{"uri": "a/z.wav", "media_type": "audio"}]}).json()
+    again = client.post(
+        "/media", json=body | {"items": body["items"] + [{"uri": "a/z.wav", "media_type": "audio"}]}
+    ).json()
     assert again["applied"] == 1 and again["unchanged"] == 2
     assert [i["id"] for i in again["items"][:2]] == [i["id"] for i in first["items"]]
     page = client.get("/media", params={"limit": 10}).json()
@@ -25,7 +32,9 @@ def test_register_media_duplicate_within_batch(client: httpx.Client) -> None:
 
 
 def test_register_media_dry_run_writes_nothing(client: httpx.Client) -> None:
-    r = client.post("/media", json={"items": [{"uri": "x.wav", "media_type": "audio"}], "dry_run": True})
+    r = client.post(
+        "/media", json={"items": [{"uri": "x.wav", "media_type": "audio"}], "dry_run": True}
+    )
     assert r.json()["applied"] == 1 and r.json()["dry_run"] is True
     assert client.get("/media").json()["items"] == []
 
@@ -34,7 +43,9 @@ def test_register_media_rejects_bad_uris(client: httpx.Client) -> None:
     for uri in ["/etc/passwd", "../up.wav", "a/../b.wav", "a//b.wav", "a\\b.wav", ""]:
         r = client.post("/media", json={"items": [{"uri": uri, "media_type": "audio"}]})
         assert r.status_code == 422, uri
-    legacy = client.post("/media", json={"items": [{"uri": "/abs/legacy.wav", "schema_version": 0}]})
+    legacy = client.post(
+        "/media", json={"items": [{"uri": "/abs/legacy.wav", "schema_version": 0}]}
+    )
     assert legacy.status_code == 200 and legacy.json()["applied"] == 1
     missing_type = client.post("/media", json={"items": [{"uri": "ok.wav"}]})
     assert missing_type.status_code == 422

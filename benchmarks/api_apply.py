@@ -1,0 +1,165 @@
+"""API batch apply vs direct executemany into the same database, in one run.
+
+    uv run python -m benchmarks.api_apply                       # SQLite file in a temp dir
+    uv run python -m benchmarks.api_apply --database-url postgresql+psycopg://u@127.0.0.1:5432/db
+
+Applies N duration updates through the API (real uvicorn on 127.0.0.1, keep-alive httpx,
+batches of 1,000), then the same number straight into the database with one executemany
+UPDATE and one commit per batch (what a script holding DB credentials would do), and prints
+rows/s for both and their ratio. The database must be empty or disposable: it is migrated and
+filled here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import bindparam, insert, text
+
+from api.core.db import make_engine
+from api.migrate import upgrade
+from api.models import Media, uri_key, utcnow
+from api.services.tokens import create_token
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = Media.__table__  # type: ignore[attr-defined]
+
+
+def seed(url: str, n: int) -> list[int]:
+    engine = make_engine(url)
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM media"))
+        conn.execute(
+            insert(MEDIA),
+            [
+                {
+                    "uri": f"bench/{i}.wav",
+                    "uri_key": uri_key(f"bench/{i}.wav"),
+                    "media_type": "audio",
+                    "schema_version": 1,
+                    "revision": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(n)
+            ],
+        )
+        ids = [row[0] for row in conn.execute(text("SELECT id FROM media ORDER BY id"))]
+    engine.dispose()
+    return ids
+
+
+def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = os.environ | {"BACKFILL_DATABASE_URL": url}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"API did not start; see {log}")
+
+
+def via_api(base: str, token: str, ids: list[int], batch: int, value: float) -> float:
+    with httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120
+    ) as client:
+        start = time.perf_counter()
+        for k in range(0, len(ids), batch):
+            body = {"items": [{"record_id": i, "duration": value} for i in ids[k : k + batch]]}
+            r = client.post("/api/v1/backfills/media-duration", json=body)
+            r.raise_for_status()
+            assert r.json()["applied"] == len(body["items"]), r.text
+        return time.perf_counter() - start
+
+
+def direct(url: str, ids: list[int], batch: int, value: float) -> float:
+    engine = make_engine(url)
+    stmt = (
+        MEDIA.update()
+        .where(MEDIA.c.id == bindparam("b_id"))
+        .values(duration=bindparam("b_duration"), revision=MEDIA.c.revision + 1)
+    )
+    start = time.perf_counter()
+    for k in range(0, len(ids), batch):
+        with engine.begin() as conn:
+            conn.execute(stmt, [{"b_id": i, "b_duration": value} for i in ids[k : k + batch]])
+    elapsed = time.perf_counter() - start
+    engine.dispose()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", help="default: a SQLite file in a temp dir")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database_url or f"sqlite:///{tmp}/bench.db"
+        upgrade(url)
+        token = create_token(name=f"bench-{time.time_ns()}", role="admin", database_url=url)
+        ids = seed(url, args.rows)
+        from tests.conftest import free_port
+
+        port = free_port()
+        proc = serve(url, port, Path(tmp) / "api.log")
+        try:
+            via_api(f"http://127.0.0.1:{port}", token, ids[: args.batch], args.batch, 0.5)  # warm
+            api_s = via_api(f"http://127.0.0.1:{port}", token, ids, args.batch, 1.0)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        direct_s = direct(url, ids, args.batch, 2.0)
+    figures = {
+        "rows": float(args.rows),
+        "api_rows_per_s": args.rows / api_s,
+        "direct_rows_per_s": args.rows / direct_s,
+        "ratio": direct_s / api_s,
+    }
+    backend = url.split(":", 1)[0]
+    if args.json:
+        print(json.dumps({"backend": backend, **figures}))
+    else:
+        print(
+            f"{backend}: {args.rows:,} duration updates in batches of {args.batch}\n"
+            f"  API (HTTP, validated, audited):  {figures['api_rows_per_s']:>10,.0f} rows/s\n"
+            f"  direct executemany:              {figures['direct_rows_per_s']:>10,.0f} rows/s\n"
+            f"  ratio API/direct:                {figures['ratio']:>10.2f}x  (target >= 0.5x)"
+        )
+    return figures
+
+
+if __name__ == "__main__":
+    main()
