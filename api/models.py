@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,11 @@ from sqlmodel import Field, SQLModel
 
 #: 64-bit ids on PostgreSQL; SQLite needs INTEGER for its rowid primary key.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def uri_key(uri: str) -> str:
+    """The unique key of a media uri."""
+    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def utcnow() -> datetime:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
-from api.models import Media, utcnow
+from api.models import Media, uri_key, utcnow
 from api.schemas import (
     BatchRequest,
     MediaIn,
@@ -20,10 +18,6 @@ from api.schemas import (
 )
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
-
-
-def uri_key(uri: str) -> str:
-    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRegisterResult:

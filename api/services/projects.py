@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from api.models import Clip, Media, Owner, Project, RenderUsage, Tier, utcnow
+from api.models import Clip, Media, Owner, Project, RenderUsage, Tier, uri_key, utcnow
 from api.schemas import (
     BatchRequest,
     BatchResult,
@@ -24,7 +24,6 @@ from api.schemas import (
     TierPublic,
 )
 from api.services.batches import Outcome, clear_failures, dedupe
-from api.services.media import uri_key
 
 #: The only moves `PUT /projects/{id}/status` allows; anything else is a 409.
 TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
