@@ -1,0 +1,92 @@
+"""The README's API walk-through, run verbatim: if the docs rot, this fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+
+def readme_commands() -> list[str]:
+    """Indented shell lines of the 'Run the API' section, continuation lines joined."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Run the API", 1)[1].split("\n## ", 1)[0]
+    lines, current = [], ""
+    for raw in section.splitlines():
+        if not raw.startswith("    "):
+            continue
+        line = (
+            re.sub(r"\s+#.*$", "", raw.strip()) if not raw.strip().startswith("-") else raw.strip()
+        )
+        current += line.rstrip("\\").rstrip() + " "
+        if not line.endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return [line for line in lines if line]
+
+
+@pytest.mark.e2e
+def test_readme_api_walkthrough(tmp_path: Path) -> None:
+    commands = readme_commands()
+    assert [c.split()[0:4] for c in commands[:3]] == [
+        ["uv", "run", "backfill", "api"],
+    ] * 3
+    port = free_port()
+    env = os.environ | {"BACKFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'readme.db'}"}
+    migrate, token_create, serve, *curls = [c.replace("8000", str(port)) for c in commands]
+    subprocess.run(shlex.split(migrate), cwd=tmp_path, env=env, check=True, timeout=120)
+    token = subprocess.run(
+        shlex.split(token_create),
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert token.startswith("cbk_")
+    server = subprocess.Popen(shlex.split(serve), cwd=tmp_path, env=env)
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        outputs = [
+            json.loads(
+                subprocess.run(
+                    ["bash", "-c", curl],
+                    cwd=tmp_path,
+                    env=env | {"TOKEN": token},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout
+            )
+            for curl in curls
+        ]
+    finally:
+        server.terminate()
+        server.wait(15)
+    registered, pending, applied, coverage = outputs
+    assert registered["items"][0] == {
+        "uri": "talks/intro.wav",
+        "id": 1,
+        "status": "created",
+        "reason": None,
+    }
+    assert [i["record_id"] for i in pending["items"]] == [1]
+    assert applied == {"applied": 1, "unchanged": 0, "rejected": [], "dry_run": False}
+    durations = next(k for k in coverage["kinds"] if k["kind"] == "media-duration")
+    assert durations["done"] == 1 and durations["pending"] == 0
