@@ -23,7 +23,12 @@ ADMIN_ONLY = {
     ("PUT", "/projects/{project_id}/status"),
     ("GET", "/projects/{project_id}/compilation-context"),
 }
-READER = {("GET", "/media"), ("GET", "/media/{media_id}"), ("GET", "/backfills"), ("GET", "/projects/{project_id}")}
+READER = {
+    ("GET", "/media"),
+    ("GET", "/media/{media_id}"),
+    ("GET", "/backfills"),
+    ("GET", "/projects/{project_id}"),
+}
 PUBLIC = {("GET", "/health")}
 
 
@@ -38,14 +43,19 @@ def test_matrix_covers_every_route(app_settings: Settings) -> None:
 
 
 def concrete(path: str) -> str:
-    return path.replace("{kind}", "media-duration").replace("{name}", "gold").replace(
-        "{project_id}", "1"
-    ).replace("{media_id}", "1")
+    return (
+        path.replace("{kind}", "media-duration")
+        .replace("{name}", "gold")
+        .replace("{project_id}", "1")
+        .replace("{media_id}", "1")
+    )
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(ADMIN_ONLY | READER))
 @pytest.mark.parametrize("who", ["none", "unknown", "revoked", "reader", "admin"])
-def test_auth_matrix(client: httpx.Client, tokens: Tokens, method: str, path: str, who: str) -> None:
+def test_auth_matrix(
+    client: httpx.Client, tokens: Tokens, method: str, path: str, who: str
+) -> None:
     headers = {
         "none": {"Authorization": ""},
         "unknown": {"Authorization": "Bearer cbk_not-a-real-token"},
@@ -65,7 +75,9 @@ def test_auth_matrix(client: httpx.Client, tokens: Tokens, method: str, path: st
         assert r.status_code not in (401, 403) and r.status_code < 500
 
 
-def test_token_never_logged(client: httpx.Client, tokens: Tokens, caplog: pytest.LogCaptureFixture) -> None:
+def test_token_never_logged(
+    client: httpx.Client, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("DEBUG")
     client.get("/backfills", headers=tokens.header("admin"))
     client.get("/backfills", headers={"Authorization": "Bearer cbk_wrong"})

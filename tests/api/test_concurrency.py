@@ -46,7 +46,11 @@ def test_two_writers_lose_no_update(server: str, tokens: Tokens) -> None:
         with httpx.Client(base_url=server, headers=tokens.header("admin"), timeout=60) as c:
             body = {
                 "items": [
-                    {"record_id": i, "hash": hashlib.sha1(str(i).encode()).hexdigest(), "algorithm": "sha1"}
+                    {
+                        "record_id": i,
+                        "hash": hashlib.sha1(str(i).encode()).hexdigest(),
+                        "algorithm": "sha1",
+                    }
                     for i in chunk
                 ]
             }
@@ -96,12 +100,19 @@ def test_same_key_concurrently_applies_once(server: str, tokens: Tokens, databas
     from api.core.db import engine_for
 
     with httpx.Client(base_url=server, headers=tokens.header("admin"), timeout=60) as c:
-        ids = [i["id"] for i in c.post("/media", json={"items": [{"uri": "k.wav", "media_type": "audio"}]}).json()["items"]]
+        ids = [
+            i["id"]
+            for i in c.post(
+                "/media", json={"items": [{"uri": "k.wav", "media_type": "audio"}]}
+            ).json()["items"]
+        ]
     body = {"items": [{"record_id": ids[0], "error": "boom"}]}
 
     def post(_: int) -> int:
         with httpx.Client(base_url=server, headers=tokens.header("admin"), timeout=60) as c:
-            r = c.post("/backfills/file-hashing/failures", json=body, headers={"Idempotency-Key": "same"})
+            r = c.post(
+                "/backfills/file-hashing/failures", json=body, headers={"Idempotency-Key": "same"}
+            )
             return r.status_code
 
     with ThreadPoolExecutor(6) as pool:

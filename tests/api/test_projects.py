@@ -41,7 +41,12 @@ def test_compilation_context_one_call(client: httpx.Client) -> None:
     assert [c["media"]["id"] for c in ctx["clips"]] == media
     assert [c["end"] for c in ctx["clips"]] == [1.0, 2.0, 3.0]
     assert ctx["intro"]["id"] == media[0] and ctx["outro"] is None
-    assert ctx["tier"] == {"name": "free", "max_clips": 20, "max_height": 720, "monthly_render_seconds": 3600.0}
+    assert ctx["tier"] == {
+        "name": "free",
+        "max_clips": 20,
+        "max_height": 720,
+        "monthly_render_seconds": 3600.0,
+    }
     assert ctx["remaining_render_seconds"] == 3600.0
     assert client.get("/projects/99999/compilation-context").status_code == 404
 
@@ -51,7 +56,9 @@ def test_create_project_unknown_media_or_tier(client: httpx.Client) -> None:
     r = client.post("/projects", json=body)
     assert r.status_code == 404 and "4242" in r.json()["detail"]
     (m,) = register(client, 1)
-    r = client.post("/projects", json=body | {"clips": [{"media_id": m, "start": 0, "end": 1}], "tier": "gold"})
+    r = client.post(
+        "/projects", json=body | {"clips": [{"media_id": m, "start": 0, "end": 1}], "tier": "gold"}
+    )
     assert r.status_code == 404 and "gold" in r.json()["detail"]
     bad_span = body | {"clips": [{"media_id": m, "start": 2, "end": 1}]}
     assert client.post("/projects", json=bad_span).status_code == 422
@@ -59,7 +66,14 @@ def test_create_project_unknown_media_or_tier(client: httpx.Client) -> None:
 
 def test_status_transitions(client: httpx.Client) -> None:
     pid, _ = make_project(client, status="draft")
-    moves = [("compiling", 409), ("queued", 200), ("compiling", 200), ("queued", 409), ("failed", 200), ("queued", 200)]
+    moves = [
+        ("compiling", 409),
+        ("queued", 200),
+        ("compiling", 200),
+        ("queued", 409),
+        ("failed", 200),
+        ("queued", 200),
+    ]
     for status, code in moves:
         r = client.put(f"/projects/{pid}/status", json={"status": status, "reason": "x"})
         assert r.status_code == code, (status, r.text)
@@ -73,7 +87,9 @@ def test_clip_compile_counts_usage_once(client: httpx.Client, database_url: str)
     from api.core.db import engine_for
 
     pid, _ = make_project(client)
-    assert [i["record_id"] for i in client.get("/backfills/clip-compile/pending").json()["items"]] == [pid]
+    assert [
+        i["record_id"] for i in client.get("/backfills/clip-compile/pending").json()["items"]
+    ] == [pid]
     client.put(f"/projects/{pid}/status", json={"status": "compiling"})
     body = {"items": [result(pid)]}
     headers = {"Idempotency-Key": f"compile-{pid}"}
@@ -84,7 +100,9 @@ def test_clip_compile_counts_usage_once(client: httpx.Client, database_url: str)
     project = client.get(f"/projects/{pid}").json()
     assert project["status"] == "compiled" and project["thumbnail_uri"] == f"compiled/p{pid}.jpg"
     output = client.get(f"/media/{project['output_media_id']}").json()
-    assert output["hash"] == hashlib.sha256(b"video").hexdigest() and output["media_type"] == "video"
+    assert (
+        output["hash"] == hashlib.sha256(b"video").hexdigest() and output["media_type"] == "video"
+    )
     with engine_for(database_url).connect() as conn:
         usage = conn.execute(text("SELECT project_id, seconds FROM render_usage")).all()
     assert [tuple(u) for u in usage] == [(pid, 6.0)]
@@ -118,5 +136,7 @@ def test_stale_compiling_lease_is_pending_again(client: httpx.Client, database_u
     assert client.put(f"/projects/{pid}/status", json={"status": "compiling"}).status_code == 409
     with engine_for(database_url).begin() as conn:
         conn.execute(text("UPDATE projects SET updated_at = '2000-01-01 00:00:00+00:00'"))
-    assert [i["record_id"] for i in client.get("/backfills/clip-compile/pending").json()["items"]] == [pid]
+    assert [
+        i["record_id"] for i in client.get("/backfills/clip-compile/pending").json()["items"]
+    ] == [pid]
     assert client.put(f"/projects/{pid}/status", json={"status": "compiling"}).status_code == 200
