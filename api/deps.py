@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlmodel import Session
@@ -94,3 +95,17 @@ def get_batch_headers(
 
 
 BatchHeadersDep = Annotated[BatchHeaders, Depends(get_batch_headers)]
+
+
+def known_query(*names: str) -> DependsParam:
+    """A route dependency that answers 422 for a query parameter the route does not know,
+    so a misspelt filter is an error instead of silently matching everything."""
+    allowed = frozenset(names)
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise HTTPException(422, detail=f"Unknown query parameter: {', '.join(unknown)[:200]}")
+
+    dependency: DependsParam = Depends(check)
+    return dependency

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Generic, Literal, TypeVar
@@ -83,6 +83,11 @@ def _finite(value: float) -> float:
     return value
 
 
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every timestamp on the wire is UTC and says so."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def is_url(uri: str) -> bool:
     """True for an http(s) URL, which clients stream instead of reading from disk."""
     return bool(_URL.match(uri))
@@ -103,6 +108,7 @@ def _relative_uri(uri: str) -> str:
 
 
 Finite = Annotated[float, AfterValidator(_finite)]
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 RecordId = Annotated[int, Field(ge=1, le=2**63 - 1, description="Primary key of the record.")]
 Uri = Annotated[str, Field(min_length=1, max_length=4096)]
 RelativeUri = Annotated[Uri, AfterValidator(_relative_uri)]
@@ -199,8 +205,8 @@ class MediaPublic(BaseModel):
     channels: int | None
     schema_version: int
     revision: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class MediaPage(BaseModel):
@@ -368,8 +374,8 @@ class ProjectPublic(BaseModel):
     outro_media_id: int | None
     transition_media_id: int | None
     revision: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class ProjectStatusUpdate(_Strict):

@@ -25,7 +25,6 @@ class Settings(BaseSettings):
     COMPILE_LEASE_SECONDS: float = Field(
         default=3600.0, gt=0, description="A project left compiling longer is pending again."
     )
-    IDEMPOTENCY_TTL_DAYS: int = Field(default=30, ge=1)
     LOG_JSON: bool = Field(default=False, description="Log JSON lines instead of text.")
     DB_POOL_SIZE: int = Field(default=10, ge=1)
 

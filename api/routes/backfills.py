@@ -3,9 +3,9 @@
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, BatchHeadersDep, Caller, SessionDep, SettingsDep
+from api.deps import Admin, BatchHeadersDep, Caller, SessionDep, SettingsDep, known_query
 from api.schemas import (
     MAX_PAGE_LIMIT,
     BackfillKind,
@@ -36,17 +36,6 @@ router = APIRouter(prefix="/backfills", tags=["backfills"])
 
 KindPath = Annotated[str, Path(description="One of: " + ", ".join(k.value for k in BackfillKind))]
 
-#: Query parameters `/pending` understands; anything else is a 422, not silently ignored.
-PENDING_FILTERS = {
-    "after_id",
-    "limit",
-    "media_type",
-    "only_failed",
-    "algorithm",
-    "shard_index",
-    "shard_count",
-}
-
 
 def parse_kind(kind: str) -> BackfillKind:
     try:
@@ -65,9 +54,21 @@ def read_coverage(session: SessionDep, _caller: Caller, settings: SettingsDep) -
     )
 
 
-@router.get("/{kind}/pending")
+@router.get(
+    "/{kind}/pending",
+    dependencies=[
+        known_query(
+            "after_id",
+            "limit",
+            "media_type",
+            "only_failed",
+            "algorithm",
+            "shard_index",
+            "shard_count",
+        )
+    ],
+)
 def read_pending(
-    request: Request,
     session: SessionDep,
     _caller: Admin,
     settings: SettingsDep,
@@ -84,9 +85,6 @@ def read_pending(
 ) -> PendingPage:
     """One page of work by id; pass `next_after_id` back as `after_id`."""
     the_kind = parse_kind(kind)
-    unknown = sorted(set(request.query_params) - PENDING_FILTERS)
-    if unknown:
-        raise HTTPException(422, detail=f"Unknown filter: {', '.join(unknown)[:200]}")
     if shard_index >= shard_count:
         raise HTTPException(422, detail="shard_index must be less than shard_count")
     if algorithm is not None and the_kind is not BackfillKind.FILE_HASHING:

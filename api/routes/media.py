@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, Caller, SessionDep
+from api.deps import Admin, BatchHeadersDep, Caller, SessionDep, known_query
 from api.models import Media
 from api.schemas import (
     MAX_PAGE_LIMIT,
@@ -12,6 +12,7 @@ from api.schemas import (
     MediaRegisterResult,
     MediaType,
 )
+from api.services.batches import run_batch
 from api.services.media import list_media, register_media
 
 router = APIRouter(prefix="/media", tags=["media"])
@@ -19,13 +20,23 @@ router = APIRouter(prefix="/media", tags=["media"])
 
 @router.post("")
 def create_media(
-    session: SessionDep, _caller: Admin, body: MediaRegisterBatch
+    session: SessionDep, caller: Admin, headers: BatchHeadersDep, body: MediaRegisterBatch
 ) -> MediaRegisterResult:
     """Register a batch of files; a uri already known is reported, not duplicated."""
-    return register_media(session=session, batch=body)
+    return run_batch(
+        session=session,
+        kind="media",
+        body=body,
+        dry_run=body.dry_run,
+        apply=lambda: register_media(session=session, batch=body),
+        result_type=MediaRegisterResult,
+        token_name=caller.name,
+        idempotency_key=headers.idempotency_key,
+        flow_run_id=headers.flow_run_id,
+    )
 
 
-@router.get("")
+@router.get("", dependencies=[known_query("after_id", "limit", "media_type", "schema_version")])
 def read_media_page(
     session: SessionDep,
     _caller: Caller,

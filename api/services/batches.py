@@ -365,10 +365,12 @@ def record_failures(
     outcome = Outcome()
     kept = dedupe(batch.items, outcome)
     ids = [i.record_id for i in kept]
+    refused: dict[int, str] = {}
     if kind is BackfillKind.CLIP_COMPILE:
-        known = fail_projects(session=session, items=kept, dry_run=batch.dry_run)
+        refused = fail_projects(session=session, items=kept, dry_run=batch.dry_run)
     else:
         known = set(session.scalars(select(MEDIA.c.id).where(MEDIA.c.id.in_(ids))))
+        refused = {i: "record not found" for i in ids if i not in known}
     ledger = {
         row.record_id: row.attempts
         for row in session.execute(
@@ -381,8 +383,8 @@ def record_failures(
     new_rows: list[dict[str, Any]] = []
     bumps: list[dict[str, Any]] = []
     for item in kept:
-        if item.record_id not in known:
-            outcome.reject(item.record_id, "record not found")
+        if item.record_id in refused:
+            outcome.reject(item.record_id, refused[item.record_id])
             continue
         row = {"record_id": item.record_id, "last_error": item.error, "updated_at": now}
         (bumps if item.record_id in ledger else new_rows).append(row)

@@ -21,7 +21,9 @@ MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 
 def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRegisterResult:
-    """Insert unknown uris in one statement; known ones are reported, never duplicated."""
+    """Insert unknown uris in one statement; known ones are reported, never duplicated.
+
+    Runs inside `run_batch`, which commits it with its audit row."""
     keys = [uri_key(item.uri) for item in batch.items]
     existing = dict(
         session.execute(select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(keys))).all()
@@ -72,7 +74,6 @@ def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRe
             result.items.append(RegisteredMedia(uri=item.uri, id=rid, status="existing"))
             result.unchanged += 1
         reported.add(key)
-    session.commit()
     return result
 
 

@@ -10,6 +10,7 @@ from sqlmodel import Session, col
 
 from api.models import Clip, Media, Owner, Project, RenderUsage, Tier, uri_key, utcnow
 from api.schemas import (
+    BackfillKind,
     BatchRequest,
     BatchResult,
     ClipCompileResult,
@@ -146,6 +147,9 @@ def set_status(
     )
     if status not in TRANSITIONS[current] and not reclaim:
         raise Conflict(f"Cannot move a project from {current} to {status}")
+    if current is ProjectStatus.FAILED and status is ProjectStatus.QUEUED:
+        # An operator's requeue is a fresh start: the project leaves quarantine too.
+        clear_failures(session, BackfillKind.CLIP_COMPILE, [project_id])
     project.status = status.value
     project.reason = reason if status is ProjectStatus.FAILED else None
     project.revision += 1
@@ -251,11 +255,15 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
                 f"render quota exceeded: {item.render_seconds:g} s needed, {remaining:g} s left",
             )
             continue
+        key = uri_key(item.output_uri)
+        media = session.scalars(select(Media).where(col(Media.uri_key) == key)).first()
+        if media is not None and media.hash != item.hash:
+            # Output names carry a content key: the same name with other bytes is another file.
+            outcome.reject(item.project_id, f"output_uri is already used by record {media.id}")
+            continue
         outcome.changes.append({"id": item.project_id})
         if batch.dry_run:
             continue
-        key = uri_key(item.output_uri)
-        media = session.scalars(select(Media).where(Media.uri_key == key)).first()  # type: ignore[arg-type]
         if media is None:
             media = Media(uri=item.output_uri, uri_key=key, media_type="video")
         else:
@@ -288,33 +296,39 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         session.flush()
         done.append(item.project_id)
     if not batch.dry_run:
-        from api.schemas import BackfillKind
-
         clear_failures(session, BackfillKind.CLIP_COMPILE, done + outcome.unchanged)
     return outcome.result(dry_run=batch.dry_run)
 
 
-def fail_projects(*, session: Session, items: Sequence[FailureItem], dry_run: bool) -> set[int]:
-    """Mark projects failed with the error as reason; returns the ids that exist."""
-    projects = session.scalars(
-        select(Project)
-        .where(Project.id.in_([i.record_id for i in items]))  # type: ignore[union-attr]
-        .order_by(Project.id)  # type: ignore[arg-type]
-        .with_for_update()
-    ).all()
-    by_id = {p.id: p for p in projects}
-    now = utcnow()
-    for item in items:
-        project = by_id.get(item.record_id)
-        if project is None or dry_run or project.status == ProjectStatus.COMPILED.value:
-            continue
-        project.sqlmodel_update(
-            {
-                "status": ProjectStatus.FAILED.value,
-                "reason": item.error,
-                "revision": project.revision + 1,
-                "updated_at": now,
-            }
+def fail_projects(
+    *, session: Session, items: Sequence[FailureItem], dry_run: bool
+) -> dict[int, str]:
+    """Mark queued or compiling projects failed, the error as reason; return the refused."""
+    projects = {
+        p.id: p
+        for p in session.scalars(
+            select(Project)
+            .where(col(Project.id).in_([i.record_id for i in items]))
+            .order_by(col(Project.id))
+            .with_for_update()
         )
-        session.add(project)
-    return {p for p in by_id if p is not None}
+    }
+    now = utcnow()
+    refused: dict[int, str] = {}
+    for item in items:
+        project = projects.get(item.record_id)
+        if project is None:
+            refused[item.record_id] = "project not found"
+        elif project.status not in (ProjectStatus.QUEUED.value, ProjectStatus.COMPILING.value):
+            refused[item.record_id] = f"project is {project.status}, not queued or compiling"
+        elif not dry_run:
+            project.sqlmodel_update(
+                {
+                    "status": ProjectStatus.FAILED.value,
+                    "reason": item.error,
+                    "revision": project.revision + 1,
+                    "updated_at": now,
+                }
+            )
+            session.add(project)
+    return refused

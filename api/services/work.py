@@ -138,7 +138,8 @@ def coverage(*, session: Session, max_attempts: int, lease_seconds: float) -> Co
             failed = PROJECTS.c.status == ProjectStatus.FAILED.value
         else:
             table, scope = MEDIA, _media_scope(kind)
-            todo = _media_todo(kind, None)
+            # file-hashing counts against the default algorithm, as `/pending` does.
+            todo = _media_todo(kind, HashAlgorithm.SHA256)
             done = ~todo
             failed = and_(FAILURES.c.id.is_not(None), todo)
         quarantined = and_(failed, FAILURES.c.attempts >= max_attempts)

@@ -62,6 +62,7 @@ def test_batch_over_limit_is_422_with_message(client: httpx.Client) -> None:
     r = client.post("/backfills/media-duration", json={"items": items})
     assert r.status_code == 422
     assert "at most 1000" in r.text
+    assert len(r.content) < 2000  # the error names the problem; it does not echo the batch
 
 
 def test_hash_batch_validates_digest_length(client: httpx.Client) -> None:
@@ -207,7 +208,10 @@ def test_audit_row_per_batch(client: httpx.Client, database_url: str) -> None:
     client.post("/backfills/media-duration", json=body, headers=headers)  # replay: no new row
     with engine_for(database_url).connect() as conn:
         rows = conn.execute(
-            text("SELECT token_name, kind, applied, flow_run_id, dry_run FROM audit")
+            text(
+                "SELECT token_name, kind, applied, flow_run_id, dry_run FROM audit"
+                " WHERE kind = 'media-duration'"
+            )
         ).all()
     assert [tuple(r) for r in rows] == [("admin", "media-duration", 1, "run-123", False)]
 

@@ -120,5 +120,7 @@ def test_same_key_concurrently_applies_once(server: str, tokens: Tokens, databas
     assert codes == [200] * 6
     with engine_for(database_url).connect() as conn:
         attempts = conn.execute(text("SELECT attempts FROM backfill_failures")).scalar_one()
-        audits = conn.execute(text("SELECT count(*) FROM audit")).scalar_one()
+        audits = conn.execute(
+            text("SELECT count(*) FROM audit WHERE kind = 'file-hashing/failures'")
+        ).scalar_one()
     assert attempts == 1 and audits == 1

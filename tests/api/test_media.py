@@ -77,3 +77,26 @@ def test_read_media_one(client: httpx.Client) -> None:
 def test_health_needs_no_token(client: httpx.Client) -> None:
     r = client.get("/health", headers={"Authorization": ""})
     assert r.status_code == 200 and r.json()["database"] is True
+
+
+def test_register_media_is_audited_and_idempotent(client: httpx.Client) -> None:
+    body = {"items": [{"uri": "k/a.wav", "media_type": "audio"}]}
+    headers = {"Idempotency-Key": "reg-1"}
+    first = client.post("/media", json=body, headers=headers).json()
+    replay = client.post("/media", json=body, headers=headers).json()
+    assert replay == first and first["items"][0]["status"] == "created"
+    other = client.post(
+        "/media", json={"items": [{"uri": "k/b.wav", "media_type": "audio"}]}, headers=headers
+    )
+    assert other.status_code == 409
+
+
+def test_read_media_unknown_filter_and_utc(client: httpx.Client) -> None:
+    (rid,) = register(client, 1)
+    assert client.get("/media", params={"media_typ": "audio"}).status_code == 422
+    listed = client.get("/media").json()["items"][0]
+    record = client.get(f"/media/{rid}").json()
+    client.post("/backfills/media-duration", json={"items": [{"record_id": rid, "duration": 1.0}]})
+    updated = client.get(f"/media/{rid}").json()
+    for stamp in (listed["created_at"], record["updated_at"], updated["updated_at"]):
+        assert stamp.endswith(("Z", "+00:00")), stamp

@@ -140,3 +140,40 @@ def test_stale_compiling_lease_is_pending_again(client: httpx.Client, database_u
         i["record_id"] for i in client.get("/backfills/clip-compile/pending").json()["items"]
     ] == [pid]
     assert client.put(f"/projects/{pid}/status", json={"status": "compiling"}).status_code == 200
+
+
+def test_clip_compile_output_uri_taken_by_other_file(client: httpx.Client) -> None:
+    pid, media = make_project(client)
+    taken = client.get(f"/media/{media[0]}").json()["uri"]
+    r = client.post(
+        "/backfills/clip-compile", json={"items": [result(pid, output_uri=taken)]}
+    ).json()
+    assert r["applied"] == 0 and "already used by record" in r["rejected"][0]["reason"]
+    assert client.get(f"/media/{media[0]}").json()["hash"] is None
+
+
+def test_failures_follow_the_status_machine(client: httpx.Client) -> None:
+    draft, _ = make_project(client, status="draft")
+    r = client.post(
+        "/backfills/clip-compile/failures", json={"items": [{"record_id": draft, "error": "x"}]}
+    ).json()
+    assert r["applied"] == 0 and "draft" in r["rejected"][0]["reason"]
+    assert client.get(f"/projects/{draft}").json()["status"] == "draft"
+
+
+def test_requeue_leaves_quarantine(client: httpx.Client) -> None:
+    pid, _ = make_project(client)
+    for _ in range(3):
+        client.post(
+            "/backfills/clip-compile/failures",
+            json={"items": [{"record_id": pid, "error": "boom"}]},
+        )
+        client.put(f"/projects/{pid}/status", json={"status": "queued"})
+        client.put(f"/projects/{pid}/status", json={"status": "compiling"})
+    client.post(
+        "/backfills/clip-compile/failures", json={"items": [{"record_id": pid, "error": "boom"}]}
+    )
+    assert coverage(client, "clip-compile")["failed"] == 1
+    assert client.put(f"/projects/{pid}/status", json={"status": "queued"}).status_code == 200
+    pending = client.get("/backfills/clip-compile/pending").json()["items"]
+    assert [i["record_id"] for i in pending] == [pid] and pending[0]["attempts"] == 0
