@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from sqlmodel import Session
 from api.core.config import Settings
 from api.core.security import hash_token, same_hash
 from api.models import ApiToken
+from api.schemas import BatchResult
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -67,12 +68,16 @@ Admin = Annotated[ApiToken, Depends(require_admin)]
 
 
 @dataclass(frozen=True)
-class BatchHeaders:
+class BatchContext:
+    """What a batch route passes on besides its body: the two headers and the metrics hook."""
+
     idempotency_key: str | None
     flow_run_id: str | None
+    observe: Callable[[str, BatchResult], None]
 
 
-def get_batch_headers(
+def get_batch_context(
+    request: Request,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -90,11 +95,15 @@ def get_batch_headers(
             description="The Prefect flow run that sent the batch; kept in the audit.",
         ),
     ] = None,
-) -> BatchHeaders:
-    return BatchHeaders(idempotency_key=idempotency_key, flow_run_id=flow_run_id)
+) -> BatchContext:
+    return BatchContext(
+        idempotency_key=idempotency_key,
+        flow_run_id=flow_run_id,
+        observe=request.app.state.metrics.observe,
+    )
 
 
-BatchHeadersDep = Annotated[BatchHeaders, Depends(get_batch_headers)]
+BatchDep = Annotated[BatchContext, Depends(get_batch_context)]
 
 
 def known_query(*names: str) -> DependsParam:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -14,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from api import __version__
 from api.core.config import Settings, get_settings
 from api.core.db import engine_for
+from api.metrics import Metrics
 from api.routes import api_router
 from api.services.batches import IdempotencyConflict
 from api.services.projects import Conflict, NotFound
@@ -23,6 +25,7 @@ API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 log = logging.getLogger("api")
+access = logging.getLogger("api.access")
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -40,15 +43,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine_for(settings.DATABASE_URL)
     app.include_router(api_router, prefix=API_PREFIX)
+    app.state.metrics = Metrics()
+    app.state.metrics.instrument(app)
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def limit_body_and_log(request: Request, call_next):  # type: ignore[no-untyped-def]
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return JSONResponse(
                 {"detail": f"Request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
             )
-        return await call_next(request)
+        started = time.perf_counter()
+        response = await call_next(request)
+        # One line per request; never headers, so never a token.
+        access.info(
+            "%s %s %s",
+            request.method,
+            request.url.path,
+            response.status_code,
+            extra={
+                "path": request.url.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "flow_run_id": request.headers.get("x-prefect-flow-run-id"),
+            },
+        )
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

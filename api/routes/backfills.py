@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, BatchHeadersDep, Caller, SessionDep, SettingsDep, known_query
+from api.deps import Admin, BatchDep, Caller, SessionDep, SettingsDep, known_query
 from api.schemas import (
     MAX_PAGE_LIMIT,
     BackfillKind,
@@ -110,7 +110,7 @@ def read_pending(
 def create_failures(
     session: SessionDep,
     caller: Admin,
-    headers: BatchHeadersDep,
+    batch: BatchDep,
     kind: KindPath,
     body: FailureBatch,
 ) -> BatchResult:
@@ -124,8 +124,9 @@ def create_failures(
         apply=lambda: record_failures(session=session, kind=the_kind, batch=body),
         result_type=BatchResult,
         token_name=caller.name,
-        idempotency_key=headers.idempotency_key,
-        flow_run_id=headers.flow_run_id,
+        idempotency_key=batch.idempotency_key,
+        flow_run_id=batch.flow_run_id,
+        observe=batch.observe,
     )
 
 
@@ -133,7 +134,7 @@ def _add_batch_route(
     kind: BackfillKind, body_type: Any, apply: Callable[..., BatchResult], doc: str
 ) -> None:
     # Annotations are built at runtime here, so FastAPI sees each kind's own body model.
-    def endpoint(session: SessionDep, caller: Admin, headers: BatchHeadersDep, body: Any) -> Any:
+    def endpoint(session: SessionDep, caller: Admin, batch: BatchDep, body: Any) -> Any:
         return run_batch(
             session=session,
             kind=kind.value,
@@ -142,14 +143,15 @@ def _add_batch_route(
             apply=lambda: apply(session=session, batch=body),
             result_type=BatchResult,
             token_name=caller.name,
-            idempotency_key=headers.idempotency_key,
-            flow_run_id=headers.flow_run_id,
+            idempotency_key=batch.idempotency_key,
+            flow_run_id=batch.flow_run_id,
+            observe=batch.observe,
         )
 
     endpoint.__annotations__ = {
         "session": SessionDep,
         "caller": Admin,
-        "headers": BatchHeadersDep,
+        "batch": BatchDep,
         "body": body_type,
         "return": BatchResult,
     }

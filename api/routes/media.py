@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, BatchHeadersDep, Caller, SessionDep, known_query
+from api.deps import Admin, BatchDep, Caller, SessionDep, known_query
 from api.models import Media
 from api.schemas import (
     MAX_PAGE_LIMIT,
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/media", tags=["media"])
 
 @router.post("")
 def create_media(
-    session: SessionDep, caller: Admin, headers: BatchHeadersDep, body: MediaRegisterBatch
+    session: SessionDep, caller: Admin, batch: BatchDep, body: MediaRegisterBatch
 ) -> MediaRegisterResult:
     """Register a batch of files; a uri already known is reported, not duplicated."""
     return run_batch(
@@ -31,8 +31,9 @@ def create_media(
         apply=lambda: register_media(session=session, batch=body),
         result_type=MediaRegisterResult,
         token_name=caller.name,
-        idempotency_key=headers.idempotency_key,
-        flow_run_id=headers.flow_run_id,
+        idempotency_key=batch.idempotency_key,
+        flow_run_id=batch.flow_run_id,
+        observe=batch.observe,
     )
 
 

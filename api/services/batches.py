@@ -82,8 +82,11 @@ def run_batch(
     token_name: str,
     idempotency_key: str | None,
     flow_run_id: str | None,
+    observe: Callable[[str, BatchResult], None] | None = None,
 ) -> ResultT:
-    """Run `apply` in one transaction with its audit row and idempotency record."""
+    """Run `apply` in one transaction with its audit row and idempotency record.
+
+    `observe(kind, result)` is called once the batch is committed, never for a replay."""
     fingerprint = request_fingerprint(kind, body)
     if idempotency_key is not None:
         stored = _stored_response(session, idempotency_key, fingerprint, result_type)
@@ -122,6 +125,8 @@ def run_batch(
             .values(response=result.model_dump_json())
         )
     session.commit()
+    if observe is not None:
+        observe(kind, result)
     return result
 
 

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import httpx
+
+from api.logging import configure_logging
+from tests.api.utils import register
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            got = line[len(name) + 1 : line.index("}")]
+            if ",".join(sorted(got.split(","))) == want:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_rows_per_kind(client: httpx.Client) -> None:
+    ids = register(client, 3)
+    items = [{"record_id": i, "duration": 1.0} for i in ids] + [
+        {"record_id": 99999, "duration": 1.0}
+    ]
+    client.post(
+        "/backfills/media-duration", json={"items": items}, headers={"Idempotency-Key": "m1"}
+    )
+    client.post(
+        "/backfills/media-duration", json={"items": items}, headers={"Idempotency-Key": "m1"}
+    )
+    client.post("/backfills/media-duration", json={"items": items[:1]})
+    client.post("/backfills/media-duration", json={"items": items, "dry_run": True})
+    client.post(
+        "/backfills/file-hashing/failures", json={"items": [{"record_id": ids[0], "error": "x"}]}
+    )
+    text = client.get("http://testserver/metrics").text
+    rows = "backfill_rows_total"
+    assert (
+        metric(text, rows, kind="media-duration", outcome="applied") == 3
+    )  # replay, dry run not counted
+    assert metric(text, rows, kind="media-duration", outcome="unchanged") == 1
+    assert metric(text, rows, kind="media-duration", outcome="rejected") == 1
+    assert metric(text, rows, kind="file-hashing", outcome="failed") == 1
+    assert metric(text, rows, kind="media", outcome="applied") == 3
+    requests = metric(
+        text,
+        "http_requests_total",
+        handler="/api/v1/backfills/media-duration",
+        method="POST",
+        status="2xx",
+    )
+    assert requests == 4
+    assert "http_request_duration_seconds_bucket" in text
+
+
+def test_json_log_lines_carry_flow_run_id(client: httpx.Client) -> None:
+    stream = io.StringIO()
+    configure_logging(json_lines=True)
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    try:
+        client.get("/backfills", headers={"X-Prefect-Flow-Run-Id": "run-42"})
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [entry for entry in lines if entry["logger"] == "api.access"]
+    assert access[-1]["flow_run_id"] == "run-42" and access[-1]["status"] == 200
+    assert access[-1]["path"] == "/api/v1/backfills"
+    assert "Bearer" not in stream.getvalue() and "cbk_" not in stream.getvalue()
