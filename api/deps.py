@@ -1,4 +1,7 @@
-"""Dependency aliases: the session, the settings, the caller and the batch headers."""
+"""Dependency aliases: the session, the settings, the caller and the batch context.
+
+Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` in the thread pool,
+and a thread hop per dependency per request is measurable on 1,000-item batches."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -58,7 +61,7 @@ def get_caller(
 Caller = Annotated[ApiToken, Depends(get_caller)]
 
 
-def require_admin(caller: Caller) -> ApiToken:
+async def require_admin(caller: Caller) -> ApiToken:
     if caller.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Admin token required")
     return caller
@@ -76,7 +79,7 @@ class BatchContext:
     observe: Callable[[str, BatchResult], None]
 
 
-def get_batch_context(
+async def get_batch_context(
     request: Request,
     idempotency_key: Annotated[
         str | None,
@@ -111,7 +114,7 @@ def known_query(*names: str) -> DependsParam:
     so a misspelt filter is an error instead of silently matching everything."""
     allowed = frozenset(names)
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - allowed)
         if unknown:
             raise HTTPException(422, detail=f"Unknown query parameter: {', '.join(unknown)[:200]}")
