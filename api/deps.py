@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request, status
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel import Session
 
 from api.core.config import Settings
 from api.core.security import hash_token, same_hash
 from api.models import ApiToken
-from api.schemas import BatchResult
+from api.schemas import BatchResult, ErrorBody, ValidationErrorBody
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -79,6 +80,11 @@ class BatchContext:
     observe: Callable[[str, BatchResult], None]
 
 
+#: No control characters (NUL above all: PostgreSQL text cannot hold it). HTTP servers refuse
+#: them in headers anyway; an in-process (ASGI) caller may not.
+_HEADER_TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+
 async def get_batch_context(
     request: Request,
     idempotency_key: Annotated[
@@ -87,6 +93,7 @@ async def get_batch_context(
             alias="Idempotency-Key",
             min_length=1,
             max_length=200,
+            pattern=_HEADER_TEXT,
             description="Makes the batch exactly-once: a replay returns the stored response.",
         ),
     ] = None,
@@ -95,6 +102,7 @@ async def get_batch_context(
         Header(
             alias="X-Prefect-Flow-Run-Id",
             max_length=200,
+            pattern=_HEADER_TEXT,
             description="The Prefect flow run that sent the batch; kept in the audit.",
         ),
     ] = None,
@@ -121,3 +129,23 @@ def known_query(*names: str) -> DependsParam:
 
     dependency: DependsParam = Depends(check)
     return dependency
+
+
+#: Every error status a route may answer, with its body model and what it means.
+_ERRORS: dict[int, tuple[type[BaseModel], str]] = {
+    400: (ErrorBody, "The body could not be parsed (e.g. not UTF-8)."),
+    401: (ErrorBody, "Missing, unknown or revoked token (`WWW-Authenticate: Bearer`)."),
+    403: (ErrorBody, "An admin token is required."),
+    404: (ErrorBody, "Unknown record, project, tier or backfill kind."),
+    409: (ErrorBody, "Conflict with the current state, or an Idempotency-Key reused."),
+    413: (ErrorBody, "Request body larger than 16 MiB."),
+    415: (ErrorBody, "The body is not `application/json`."),
+    422: (ValidationErrorBody, "Validation error: the issues found, or one message."),
+    503: (ErrorBody, "Database unavailable; retry later (`Retry-After`)."),
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for the error statuses a route can answer, so the schema
+    documents them (all bodies are `{"detail": ...}`)."""
+    return {code: {"model": _ERRORS[code][0], "description": _ERRORS[code][1]} for code in codes}

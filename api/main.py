@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
 from api.core.config import Settings, get_settings
@@ -24,8 +29,50 @@ API_PREFIX = "/api/v1"
 #: Bodies above this are refused before parsing (1,000 items fit easily).
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
 log = logging.getLogger("api")
 access = logging.getLogger("api.access")
+
+
+class _BodyLimit:
+    """Refuse a body over MAX_BODY_BYTES while it streams in: a chunked request carries no
+    Content-Length for `limit_body_and_log` to check. FastAPI passes an HTTPException raised
+    while it reads the body on to the handlers, so the client gets a plain 413."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise StarletteHTTPException(
+                    413, f"Request body larger than {MAX_BODY_BYTES} bytes"
+                )
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _is_json(content_type: str) -> bool:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or mime.endswith("+json")
+
+
+def _message(error: dict[str, Any]) -> str:
+    msg = str(error.get("msg"))
+    if error.get("type") == "json_invalid" and (ctx := error.get("ctx")):
+        # "JSON decode error" alone does not say what is wrong or where.
+        msg += f": {str(ctx.get('error'))[:200]} at position {error['loc'][-1]}"
+    return msg
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -45,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router, prefix=API_PREFIX)
     app.state.metrics = Metrics()
     app.state.metrics.instrument(app)
+    app.add_middleware(_BodyLimit)
 
     @app.middleware("http")
     async def limit_body_and_log(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -71,12 +119,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI leaves a body that is not declared JSON unparsed, then asks for "a valid
+        # dictionary"; say what is wrong instead.
+        content_type = request.headers.get("content-type")
+        issues = [(tuple(e.get("loc", ())), e.get("type")) for e in exc.errors()]
+        unparsed = issues == [(("body",), "model_attributes_type")]
+        if (content_type is None and unparsed) or (
+            content_type is not None
+            and not _is_json(content_type)
+            and any(loc[:1] == ("body",) for loc, _ in issues)
+        ):
+            sent = f"not {content_type[:100]!r}" if content_type else "none was sent"
+            return JSONResponse(
+                {"detail": f"Content-Type must be application/json ({sent})"}, status_code=415
+            )
         # FastAPI echoes each bad input back; a 1,001-item batch would come back whole.
         errors = [
-            {"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
+            {"loc": e.get("loc"), "msg": _message(e), "type": e.get("type")} for e in exc.errors()
         ]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette's `Allow` names the methods of the first route on the path only (GET and
+            # POST /media are two routes); RFC 9110 wants every method the resource supports.
+            allowed = [
+                method
+                for method in _METHODS
+                if any(
+                    route.matches({**request.scope, "method": method})[0] is Match.FULL
+                    for route in app.router.routes
+                )
+            ]
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:

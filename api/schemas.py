@@ -6,14 +6,22 @@ the same shapes. Keep it free of sqlalchemy/sqlmodel imports: a test proves it.
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 #: The most items one batch POST may carry.
 MAX_BATCH_ITEMS = 1000
@@ -77,12 +85,6 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$", re.IGNORECASE)
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
 def _as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every timestamp on the wire is UTC and says so."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -107,14 +109,36 @@ def _relative_uri(uri: str) -> str:
     return uri
 
 
-Finite = Annotated[float, AfterValidator(_finite)]
+def _no_nul(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail in the database.
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+def _json_integer(value: object) -> object:
+    # JSON Schema's integer: 3 and 3.0 are, `true` and "3" are not (pydantic's lax int takes them).
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+#: Numbers in request bodies are typed as JSON Schema types them: `true` or "1.5" is a type
+#: error, not 1.0 or 1.5. `allow_inf_nan=False` (rather than an after-validator) keeps bounds
+#: added with `Field(ge=...)` in the float's own schema, so the OpenAPI document shows them.
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+#: Goes last in an int's `Annotated[...]`: bounds set before it stay in the OpenAPI document.
+JsonInt = BeforeValidator(_json_integer)
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-RecordId = Annotated[int, Field(ge=1, le=2**63 - 1, description="Primary key of the record.")]
-Uri = Annotated[str, Field(min_length=1, max_length=4096)]
+RecordId = Annotated[
+    int, Field(ge=1, le=2**63 - 1, description="Primary key of the record."), JsonInt
+]
+Uri = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
 RelativeUri = Annotated[Uri, AfterValidator(_relative_uri)]
-Revision = Annotated[int, Field(ge=0, le=2**63 - 1)]
-ErrorText = Annotated[str, Field(min_length=1, max_length=4000)]
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+Revision = Annotated[int, Field(ge=0, le=2**63 - 1), JsonInt]
+ErrorText = Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(_no_nul)]
+#: Printable: no control characters, and no U+FFFD (what undecodable bytes in a path became).
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f\ufffd]+$")]
 
 
 class _Strict(BaseModel):
@@ -133,7 +157,7 @@ class BatchRequest(_Strict, Generic[T]):
     """Body of every batch POST: at most 1,000 items; `dry_run` validates and writes nothing."""
 
     items: list[T] = Field(max_length=MAX_BATCH_ITEMS)
-    dry_run: bool = False
+    dry_run: bool = Field(default=False, strict=True)
 
 
 class Rejection(BaseModel):
@@ -160,7 +184,7 @@ class MediaIn(_Strict):
 
     uri: Uri
     media_type: MediaType | None = None
-    size_bytes: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    size_bytes: Annotated[int | None, Field(ge=0, le=2**63 - 1), JsonInt] = None
     schema_version: Literal[0, 1] = CURRENT_SCHEMA_VERSION
 
     @model_validator(mode="after")
@@ -288,9 +312,9 @@ class Version0Result(_Strict):
     expected_revision: Revision
     uri: RelativeUri
     media_type: MediaType
-    size_bytes: int = Field(ge=0, le=2**63 - 1)
-    sample_rate: int | None = Field(default=None, gt=0, le=10_000_000)
-    channels: int | None = Field(default=None, gt=0, le=1024)
+    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1), JsonInt]
+    sample_rate: Annotated[int | None, Field(gt=0, le=10_000_000), JsonInt] = None
+    channels: Annotated[int | None, Field(gt=0, le=1024), JsonInt] = None
     schema_version: Literal[1] = 1
 
 
@@ -302,7 +326,7 @@ class ClipCompileResult(_Strict):
     thumbnail_uri: RelativeUri
     duration: Annotated[Finite, Field(gt=0, description="Seconds of compiled output.")]
     hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the output file.")
-    size_bytes: int = Field(gt=0, le=2**63 - 1)
+    size_bytes: Annotated[int, Field(gt=0, le=2**63 - 1), JsonInt]
     render_seconds: Annotated[Finite, Field(ge=0, description="Seconds counted against quota.")]
 
 
@@ -317,8 +341,8 @@ class FailureItem(_Strict):
 
 
 class TierIn(_Strict):
-    max_clips: int = Field(ge=1, le=10_000)
-    max_height: int = Field(ge=16, le=4320)
+    max_clips: Annotated[int, Field(ge=1, le=10_000), JsonInt]
+    max_height: Annotated[int, Field(ge=16, le=4320), JsonInt]
     monthly_render_seconds: Annotated[Finite, Field(ge=0)]
 
 
@@ -348,7 +372,7 @@ class ProjectCreate(_Strict):
     intro_media_id: RecordId | None = None
     outro_media_id: RecordId | None = None
     transition_media_id: RecordId | None = None
-    height: int | None = Field(default=None, ge=16, le=4320)
+    height: Annotated[int | None, Field(ge=16, le=4320), JsonInt] = None
     fps: Annotated[Finite, Field(ge=1, le=120)] | None = None
     status: Literal[ProjectStatus.QUEUED, ProjectStatus.DRAFT] = ProjectStatus.QUEUED
 
@@ -413,6 +437,20 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One problem with a request: where (`loc`), what (`msg`) and its pydantic `type`."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """A 422: the issues found by request validation, or one message from a route's checks."""
+
+    detail: list[ValidationIssue] | str
 
 
 DurationBatch = BatchRequest[DurationResult]

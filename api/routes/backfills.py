@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, BatchDep, Caller, SessionDep, SettingsDep, known_query
+from api.deps import Admin, BatchDep, Caller, SessionDep, SettingsDep, errors, known_query
 from api.schemas import (
     MAX_PAGE_LIMIT,
     BackfillKind,
@@ -32,9 +32,19 @@ from api.services.batches import (
 from api.services.projects import apply_clip_compile
 from api.services.work import coverage, pending_page
 
-router = APIRouter(prefix="/backfills", tags=["backfills"])
+router = APIRouter(prefix="/backfills", tags=["backfills"], responses=errors(401, 422, 503))
+#: What a batch POST may answer besides 200 and the router's 401, 422 and 503.
+BATCH_ERRORS = errors(400, 403, 409, 413, 415)
 
-KindPath = Annotated[str, Path(description="One of: " + ", ".join(k.value for k in BackfillKind))]
+# A plain str validated by `parse_kind`, so an unknown kind is a 404 (not a 422); the schema
+# still lists the kinds, so clients and generated tests know them.
+KindPath = Annotated[
+    str,
+    Path(
+        description="One of: " + ", ".join(k.value for k in BackfillKind),
+        json_schema_extra={"enum": [k.value for k in BackfillKind]},
+    ),
+]
 
 
 def parse_kind(kind: str) -> BackfillKind:
@@ -56,6 +66,7 @@ def read_coverage(session: SessionDep, _caller: Caller, settings: SettingsDep) -
 
 @router.get(
     "/{kind}/pending",
+    responses=errors(403, 404),
     dependencies=[
         known_query(
             "after_id",
@@ -106,7 +117,7 @@ def read_pending(
     )
 
 
-@router.post("/{kind}/failures")
+@router.post("/{kind}/failures", responses=BATCH_ERRORS | errors(404))
 def create_failures(
     session: SessionDep,
     caller: Admin,
@@ -157,7 +168,9 @@ def _add_batch_route(
     }
     endpoint.__doc__ = doc
     name = "apply_" + kind.value.replace("-", "_")
-    router.add_api_route(f"/{kind.value}", endpoint, methods=["POST"], name=name)
+    router.add_api_route(
+        f"/{kind.value}", endpoint, methods=["POST"], name=name, responses=BATCH_ERRORS
+    )
 
 
 for _kind, _body, _apply, _doc in (

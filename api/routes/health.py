@@ -7,7 +7,9 @@ from api.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get(
+    "/health", responses={503: {"model": Health, "description": "The database is unreachable."}}
+)
 def read_health(request: Request, response: Response) -> Health:
     """Liveness and database reachability (no token needed)."""
     try:

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, BatchDep, Caller, SessionDep, known_query
+from api.deps import Admin, BatchDep, Caller, SessionDep, errors, known_query
 from api.models import Media
 from api.schemas import (
     MAX_PAGE_LIMIT,
@@ -15,10 +15,10 @@ from api.schemas import (
 from api.services.batches import run_batch
 from api.services.media import list_media, register_media
 
-router = APIRouter(prefix="/media", tags=["media"])
+router = APIRouter(prefix="/media", tags=["media"], responses=errors(401, 422, 503))
 
 
-@router.post("")
+@router.post("", responses=errors(400, 403, 409, 413, 415))
 def create_media(
     session: SessionDep, caller: Admin, batch: BatchDep, body: MediaRegisterBatch
 ) -> MediaRegisterResult:
@@ -56,7 +56,7 @@ def read_media_page(
     )
 
 
-@router.get("/{media_id}")
+@router.get("/{media_id}", responses=errors(404))
 def read_media(
     session: SessionDep, _caller: Caller, media_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
 ) -> MediaPublic:

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import Admin, Caller, SessionDep, SettingsDep
+from api.deps import Admin, Caller, SessionDep, SettingsDep, errors
 from api.schemas import (
     CompilationContext,
     Name,
@@ -16,12 +16,12 @@ from api.schemas import (
 )
 from api.services import projects as svc
 
-router = APIRouter(tags=["projects"])
+router = APIRouter(tags=["projects"], responses=errors(401, 422, 503))
 
 ProjectId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-@router.put("/tiers/{name}")
+@router.put("/tiers/{name}", responses=errors(400, 403, 413, 415))
 def update_tier(
     session: SessionDep, _caller: Admin, name: Annotated[Name, Path()], body: TierIn
 ) -> TierPublic:
@@ -29,20 +29,20 @@ def update_tier(
     return svc.put_tier(session=session, name=name, tier_in=body)
 
 
-@router.post("/projects", status_code=201)
+@router.post("/projects", status_code=201, responses=errors(400, 403, 404, 413, 415))
 def create_project(session: SessionDep, _caller: Admin, body: ProjectCreate) -> ProjectCreated:
     """Create a project with its ordered clips; the owner is created on first use."""
     project = svc.create_project(session=session, project_in=body)
     return ProjectCreated(id=project.id, status=ProjectStatus(project.status))
 
 
-@router.get("/projects/{project_id}")
+@router.get("/projects/{project_id}", responses=errors(404))
 def read_project(session: SessionDep, _caller: Caller, project_id: ProjectId) -> ProjectPublic:
     """The project: status, reason when failed, output media and thumbnail."""
     return svc.project_public(session, svc.get_project(session=session, project_id=project_id))
 
 
-@router.put("/projects/{project_id}/status")
+@router.put("/projects/{project_id}/status", responses=errors(400, 403, 404, 409, 413, 415))
 def update_project_status(
     session: SessionDep,
     _caller: Admin,
@@ -61,7 +61,7 @@ def update_project_status(
     return svc.project_public(session, project)
 
 
-@router.get("/projects/{project_id}/compilation-context")
+@router.get("/projects/{project_id}/compilation-context", responses=errors(403, 404))
 def read_compilation_context(
     session: SessionDep, _caller: Admin, project_id: ProjectId
 ) -> CompilationContext:
