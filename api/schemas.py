@@ -261,6 +261,23 @@ class PendingPage(BaseModel):
     next_after_id: int | None
 
 
+class FailureRecord(BaseModel):
+    """One row of a kind's failure ledger: what failed, how often, and the last reason."""
+
+    record_id: int
+    uri: str | None = Field(description="The media uri; None for a clip-compile project.")
+    attempts: int
+    quarantined: bool
+    last_error: str
+    updated_at: UtcDatetime
+
+
+class FailurePage(BaseModel):
+    kind: BackfillKind
+    items: list[FailureRecord]
+    next_after_id: int | None
+
+
 class KindCoverage(BaseModel):
     """Coverage of one kind. `pending` excludes quarantined; `failed` counts ledger rows."""
 

@@ -14,6 +14,7 @@ from api.schemas import (
     Coverage,
     DurationBatch,
     FailureBatch,
+    FailurePage,
     HashAlgorithm,
     HashBatch,
     MediaType,
@@ -30,7 +31,7 @@ from api.services.batches import (
     run_batch,
 )
 from api.services.projects import apply_clip_compile
-from api.services.work import coverage, pending_page
+from api.services.work import coverage, failures_page, pending_page
 
 router = APIRouter(prefix="/backfills", tags=["backfills"], responses=errors(401, 422, 503))
 #: What a batch POST may answer besides 200 and the router's 401, 422 and 503.
@@ -114,6 +115,31 @@ def read_pending(
         algorithm=algorithm,
         shard_index=shard_index,
         shard_count=shard_count,
+    )
+
+
+@router.get(
+    "/{kind}/failures",
+    responses=errors(404),
+    dependencies=[known_query("after_id", "limit", "quarantined_only")],
+)
+def read_failures(
+    session: SessionDep,
+    _caller: Caller,
+    settings: SettingsDep,
+    kind: KindPath,
+    after_id: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = 100,
+    quarantined_only: bool = False,
+) -> FailurePage:
+    """The failure ledger: each failed record, its attempts and its last error."""
+    return failures_page(
+        session=session,
+        kind=parse_kind(kind),
+        after_id=after_id,
+        limit=limit,
+        max_attempts=settings.MAX_ATTEMPTS,
+        quarantined_only=quarantined_only,
     )
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, true
+from sqlalchemy import ColumnElement, and_, func, null, or_, select, true
 from sqlmodel import Session
 
 from api.models import BackfillFailure, Media, Project, utcnow
 from api.schemas import (
     BackfillKind,
     Coverage,
+    FailurePage,
+    FailureRecord,
     HashAlgorithm,
     KindCoverage,
     MediaType,
@@ -171,3 +173,39 @@ def coverage(*, session: Session, max_attempts: int, lease_seconds: float) -> Co
             )
         )
     return Coverage(kinds=kinds)
+
+
+def failures_page(
+    *,
+    session: Session,
+    kind: BackfillKind,
+    after_id: int,
+    limit: int,
+    max_attempts: int,
+    quarantined_only: bool = False,
+) -> FailurePage:
+    """The failure ledger of one kind, by record id, with each record's last error."""
+    uri = MEDIA.c.uri if kind is not BackfillKind.CLIP_COMPILE else null()
+    stmt = (
+        select(
+            FAILURES.c.record_id,
+            uri.label("uri"),
+            FAILURES.c.attempts,
+            FAILURES.c.last_error,
+            FAILURES.c.updated_at,
+        )
+        .select_from(FAILURES.outerjoin(MEDIA, MEDIA.c.id == FAILURES.c.record_id))
+        .where(FAILURES.c.kind == kind.value, FAILURES.c.record_id > after_id)
+    )
+    if quarantined_only:
+        stmt = stmt.where(FAILURES.c.attempts >= max_attempts)
+    rows = session.execute(stmt.order_by(FAILURES.c.record_id).limit(limit + 1)).mappings().all()
+    items = [
+        FailureRecord.model_validate({**r, "quarantined": r["attempts"] >= max_attempts})
+        for r in rows[:limit]
+    ]
+    return FailurePage(
+        kind=kind,
+        items=items,
+        next_after_id=items[-1].record_id if len(rows) > limit else None,
+    )

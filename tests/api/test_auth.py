@@ -24,6 +24,7 @@ ADMIN_ONLY = {
     ("GET", "/projects/{project_id}/compilation-context"),
 }
 READER = {
+    ("GET", "/backfills/{kind}/failures"),
     ("GET", "/media"),
     ("GET", "/media/{media_id}"),
     ("GET", "/backfills"),

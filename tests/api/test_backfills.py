@@ -299,3 +299,32 @@ def test_coverage_after_each_step(client: httpx.Client) -> None:
     assert coverage(client, "media-duration")["done"] == 3
     assert coverage(client, "media-duration")["pending"] == 1
     assert coverage(client, "file-hashing")["pending"] == 4
+
+
+def test_failure_ledger_lists_reasons(client: httpx.Client) -> None:
+    ids = register(client, 3)
+    fail = {
+        "items": [
+            {"record_id": ids[0], "error": "truncated header"},
+            {"record_id": ids[2], "error": "empty file"},
+        ]
+    }
+    for _ in range(3):
+        client.post("/backfills/media-duration/failures", json=fail | {"items": fail["items"][:1]})
+    client.post("/backfills/media-duration/failures", json={"items": fail["items"][1:]})
+    page = client.get("/backfills/media-duration/failures").json()
+    assert [
+        (i["record_id"], i["uri"], i["attempts"], i["quarantined"], i["last_error"])
+        for i in page["items"]
+    ] == [
+        (ids[0], "a/00000.wav", 3, True, "truncated header"),
+        (ids[2], "a/00002.wav", 1, False, "empty file"),
+    ]
+    only = client.get(
+        "/backfills/media-duration/failures", params={"quarantined_only": True}
+    ).json()
+    assert [i["record_id"] for i in only["items"]] == [ids[0]]
+    first = client.get("/backfills/media-duration/failures", params={"limit": 1}).json()
+    assert first["next_after_id"] == ids[0]
+    assert client.get("/backfills/file-hashing/failures").json()["items"] == []
+    assert client.get("/backfills/nope/failures").status_code == 404
