@@ -1,13 +1,347 @@
-"""The `backfill` command."""
+"""`backfill`: run backfills, see coverage, register media, and (`backfill api`) the server.
+
+Exit codes: 0 success, 1 the run (or request) failed, 2 usage or configuration error.
+Errors are one line on stderr, never a traceback. Prefect is imported only by `run`.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-import api.cli
+from api.cli import app as api_app
+from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaIn, MediaType
+from flows.cli_corpus import sample_corpus
+from flows.client import APIError, AuthenticationError, BackfillClient, PermissionDeniedError
+from flows.demo import demo
+from flows.settings import ClientSettings, ConfigError, load_settings
 
-app = typer.Typer(help="Backfills over a media corpus.", no_args_is_help=True)
-app.add_typer(api.cli.app, name="api")
+if TYPE_CHECKING:
+    from flows.engine import BackfillReport
 
-if __name__ == "__main__":
-    app()
+app = typer.Typer(
+    help="Safe, repeatable backfills over a media corpus, written through the API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+media_app = typer.Typer(help="Media records: register files under the media root.")
+app.add_typer(media_app, name="media")
+app.add_typer(api_app, name="api")
+app.command("sample-corpus")(sample_corpus)
+app.command("demo")(demo)
+
+console = Console()
+errors = Console(stderr=True)
+
+#: Files sent per `POST /media` by `media register`.
+REGISTER_BATCH = 500
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one error line and return the Exit to raise."""
+    errors.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn expected errors into one line and an exit code: 2 for config, 1 otherwise."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        raise fail(str(exc), 2) from None
+    except APIError as exc:
+        raise fail(str(exc), 1) from None
+
+
+def _client(settings: ClientSettings) -> BackfillClient:
+    return BackfillClient.from_settings(settings)
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--param takes KEY=VALUE, got {pair!r}", 2)
+        params[key.strip().replace("-", "_")] = value
+    return params
+
+
+@app.command()
+def run(
+    kind: Annotated[BackfillKind, typer.Argument(help="The backfill to run.")],
+    dry_run: Annotated[bool, typer.Option(help="Compute and report; write nothing.")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many records.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, max=MAX_BATCH_ITEMS, help="Records per chunk.")
+    ] = None,
+    media_type: Annotated[MediaType | None, typer.Option(help="Only records of this type.")] = None,
+    only_failed: Annotated[bool, typer.Option(help="Reprocess the failure ledger.")] = False,
+    shard_index: Annotated[int, typer.Option(min=0, help="This run's shard.")] = 0,
+    shard_count: Annotated[int, typer.Option(min=1, help="Number of shards.")] = 1,
+    max_failure_ratio: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Fail above this share of failures.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Chunks in flight (default: cores + 1).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="A kind option, KEY=VALUE (e.g. algorithm=md5)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's log lines.")] = False,
+) -> None:
+    """Run one backfill flow here, with a progress bar and a summary table."""
+    from flows.registry import FLOWS
+
+    if kind not in FLOWS:
+        raise fail(f"no flow for {kind.value} yet; available: {', '.join(FLOWS)}", 2)
+    given: dict[str, Any] = {
+        "dry_run": dry_run,
+        "limit": limit,
+        "batch_size": batch_size,
+        "media_type": media_type,
+        "only_failed": only_failed,
+        "shard_index": shard_index,
+        "shard_count": shard_count,
+        "max_failure_ratio": max_failure_ratio,
+        "concurrency": concurrency,
+    }
+    parameters = {k: v for k, v in given.items() if v is not None}
+    parameters |= _parse_params(param or [])
+    with cli_errors():
+        settings = load_settings()
+        settings.api_token()  # fail now, not after Prefect has started
+        if not settings.MEDIA_ROOT.is_dir():
+            raise ConfigError(f"BACKFILL_MEDIA_ROOT {settings.MEDIA_ROOT} is not a directory")
+    # Before Prefect is imported: a throwaway local server has nobody to send telemetry to,
+    # and its console lines would tear through the progress bar (the API still gets them).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    report = _run_flow(kind, parameters, verbose)
+    _print_report(report)
+    if report.status != "completed":
+        raise fail(f"{kind.value} run failed: {report.reason}", 1)
+
+
+@contextmanager
+def _prefect_console(verbose: bool) -> Iterator[None]:
+    """Keep Prefect's console to warnings, without tracebacks: we report errors in one line.
+
+    Only the console: the run's log lines still reach the Prefect API (and UI) in full.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    def no_traceback(record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    levels = [h.level for h in handlers]
+    if not verbose:
+        for handler in handlers:
+            handler.setLevel(max(handler.level, logging.WARNING))
+            handler.addFilter(no_traceback)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+            handler.removeFilter(no_traceback)
+
+
+def _run_flow(kind: BackfillKind, parameters: dict[str, Any], verbose: bool) -> BackfillReport:
+    from prefect.client.schemas.objects import State
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+    from pydantic import ValidationError
+
+    from flows.engine import BackfillFailed, ProgressUpdate, progress_listener
+    from flows.registry import load_flow
+
+    flow = load_flow(kind)
+    prefect_flows = logging.getLogger("prefect.flows")
+    level, prefect_flows.level = prefect_flows.level, logging.CRITICAL  # we say it in one line
+    try:
+        flow.validate_parameters(parameters)
+    except (ParameterTypeError, SignatureMismatchError) as exc:
+        raise fail(f"invalid parameters for {kind.value}: {_one_line(exc)}", 2) from None
+    finally:
+        prefect_flows.level = level
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+    )
+    with (
+        _prefect_console(verbose),
+        Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as bar,
+    ):
+        task_id = bar.add_task(f"{kind.value} (starting)", total=None, counts="")
+
+        def show(update: ProgressUpdate) -> None:
+            counts = (
+                f"applied {update.applied} unchanged {update.unchanged} "
+                f"rejected {update.rejected} failed {update.failed}"
+            )
+            total = max(update.expected or 0, update.processed) or None
+            bar.update(
+                task_id,
+                description=kind.value,
+                completed=update.processed,
+                total=total,
+                counts=counts,
+            )
+
+        with progress_listener(show):
+            state = cast(State[Any], flow(**parameters, return_state=True))
+    if state.is_completed():
+        result: BackfillReport = state.result()
+        return result
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BackfillFailed):
+        return outcome.report
+    if isinstance(outcome, ValidationError):  # parameters that only fail together
+        raise fail(f"invalid parameters for {kind.value}: {_one_line(outcome)}", 2)
+    if isinstance(outcome, Exception):
+        with cli_errors():
+            raise outcome
+        raise fail(f"{kind.value} run failed: {_one_line(outcome)}", 1)
+    raise fail(f"{kind.value} run ended {state.type.value}: {state.message}", 1)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _print_report(report: BackfillReport) -> None:
+    table = Table(title=f"{report.kind.value}: {report.status}", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", overflow="fold")
+    for row in report.table():
+        table.add_row(str(row["metric"]), str(row["value"]))
+    console.print(table)
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+@app.command()
+def status() -> None:
+    """Coverage per kind: total, done, pending, failed, quarantined."""
+    with cli_errors():
+        settings = load_settings()
+        with _client(settings) as client:
+            coverage = client.coverage()
+    table = Table(title=f"coverage at {settings.API_URL}")
+    for name in ("kind", "total", "done", "pending", "failed", "quarantined", "done %"):
+        table.add_column(name, justify="left" if name == "kind" else "right")
+    for k in coverage.kinds:
+        share = f"{100 * k.done / k.total:.1f}" if k.total else "-"
+        values = (k.total, k.done, k.pending, k.failed, k.quarantined)
+        table.add_row(k.kind.value, *(str(v) for v in values), share)
+    console.print(table)
+
+
+# --- media register ------------------------------------------------------------------------
+
+
+def _walk(directory: Path) -> Iterator[Path]:
+    """Regular-looking files under `directory`, sorted, not following directory links."""
+    for base, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(base) / name
+
+
+def _describe(root: Path, path: Path) -> MediaIn:
+    """A `MediaIn` for one file, typed by content; `MediaError` if it is not usable media."""
+    from flows.compute.probe import probe
+    from flows.media import resolve_media_path
+
+    uri = path.relative_to(root).as_posix()
+    real = resolve_media_path(root, uri)
+    info = probe(real)
+    return MediaIn(uri=uri, media_type=info.media_type, size_bytes=real.stat().st_size)
+
+
+@media_app.command("register")
+def register(
+    directory: Annotated[Path, typer.Argument(help="A folder under BACKFILL_MEDIA_ROOT.")],
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_BATCH_ITEMS, help="Files per POST.")
+    ] = REGISTER_BATCH,
+) -> None:
+    """Register every media file under DIRECTORY (typed by content); skip and list the rest."""
+    from flows.compute.errors import MediaError
+
+    with cli_errors():
+        settings = load_settings()
+        root = settings.MEDIA_ROOT.resolve()
+        folder = directory.resolve()
+        if not folder.is_dir():
+            raise ConfigError(f"{directory} is not a directory")
+        if not folder.is_relative_to(root):
+            raise ConfigError(f"{directory} is not under BACKFILL_MEDIA_ROOT ({root})")
+        paths = [root / p.relative_to(root) for p in _walk(folder)]
+        counts = {"created": 0, "existing": 0, "rejected": 0, "skipped": 0}
+        problems: list[str] = []
+
+        def describe(path: Path) -> MediaIn | str:
+            try:
+                return _describe(root, path)
+            except (MediaError, OSError, ValueError) as exc:
+                return f"{path.relative_to(root).as_posix()}: {exc}"
+
+        with (
+            _client(settings) as client,
+            ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool,
+            Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=errors) as bar,
+        ):
+            task_id = bar.add_task("registering", total=len(paths))
+            for start in range(0, len(paths), batch_size):
+                batch: list[MediaIn] = []
+                for described in pool.map(describe, paths[start : start + batch_size]):
+                    if isinstance(described, str):
+                        counts["skipped"] += 1
+                        problems.append(f"skipped {described}")
+                    else:
+                        batch.append(described)
+                if batch:
+                    result = client.register_media(batch)
+                    for item in result.items:
+                        counts[item.status] += 1
+                        if item.status == "rejected":
+                            problems.append(f"rejected {item.uri}: {item.reason}")
+                bar.advance(task_id, min(batch_size, len(paths) - start))
+    for line in problems[:20]:
+        errors.print(f"[yellow]{line}[/yellow]", markup=True, highlight=False, soft_wrap=True)
+    if len(problems) > 20:
+        errors.print(f"[yellow]... and {len(problems) - 20} more[/yellow]", markup=True)
+    table = Table(title=f"registered {folder}", show_header=False)
+    for name, value in counts.items():
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover - the console script calls `app`
+    app(prog_name="backfill")

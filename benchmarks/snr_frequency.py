@@ -1,0 +1,210 @@
+"""The snr-frequency flow end to end: files/s with 1 and 2 worker processes, and what a cold
+run costs.
+
+    uv run python -m benchmarks.snr_frequency                    # 100 and 300 files of 5 s
+    uv run python -m benchmarks.snr_frequency --files 200 --seconds 10 --dir /tmp/bench
+
+Writes `3 * --files` tone-in-noise WAVs (44.1 kHz, mono and stereo alternately; kept for
+the next run). For each worker count (1, 2) it registers the first N and then all 3N files
+with a fresh API (uvicorn on 127.0.0.1, a temp SQLite file) and runs the flow in a new
+interpreter (`snr_frequency(workers=W)`) against one Prefect server started for the
+benchmark, as a deployment would. Every frequency is checked against the file's tone.
+Prints, per worker count:
+
+- in-run files/s: what the run itself reports (first page to last POST, pool start-up
+  and warm-up of the workers included);
+- marginal files/s: (3N - N) / (time(3N) - time(N)) of the whole command, which cancels
+  every fixed cost;
+- fixed cost: time(N) - N / marginal, i.e. interpreter, imports, flow start-up, pool.
+
+Then the cold start of one worker process, measured in a fresh interpreter: importing the
+compute (and the flow module, which brings Prefect), `warm_up`, and the first file with and
+without a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.hashing import ROOT, LocalApi, _prefect_env, local_api, prefect_server
+from flows.corpus import write_tone
+
+RATE = 44_100
+
+RUN_SCRIPT = """
+import json, resource, sys
+from flows.snr_frequency import snr_frequency
+report = snr_frequency(workers=int(sys.argv[1]), batch_size=int(sys.argv[2]))
+cpu = {who: resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}"))
+       for who in ("self", "children")}
+print(json.dumps(report.model_dump(mode="json")
+                 | {f"cpu_{who}": u.ru_utime + u.ru_stime for who, u in cpu.items()}))
+"""
+
+COLD_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from flows.compute.audio import analyse_audio, warm_up
+t1 = time.perf_counter()
+import flows.snr_frequency
+t2 = time.perf_counter()
+if sys.argv[1] == "warm":
+    warm_up()
+t3 = time.perf_counter()
+analyse_audio(Path(sys.argv[2]))
+t4 = time.perf_counter()
+analyse_audio(Path(sys.argv[3]))
+t5 = time.perf_counter()
+print(json.dumps({"compute_import": t1 - t0, "flow_module_import": t2 - t1,
+                  "warm_up": t3 - t2, "first_file": t4 - t3, "second_file": t5 - t4}))
+"""
+
+
+def make_tones(directory: Path, count: int, seconds: float) -> dict[Path, float]:
+    """`count` tone-in-noise WAVs; returns each file's tone frequency (Hz)."""
+    rng = np.random.default_rng(0)
+    tones = {}
+    for i in range(count):
+        freq = round(float(rng.uniform(100.0, 8000.0)), 1)
+        snr = float(rng.uniform(5.0, 35.0))
+        path = directory / f"{seconds:g}s" / f"tone-{i:05d}.wav"
+        if not path.exists():
+            write_tone(
+                path, freq=freq, seconds=seconds, rate=RATE, channels=1 + i % 2, snr_db=snr, seed=i
+            )
+        tones[path] = freq
+    return tones
+
+
+def run_flow(
+    api: LocalApi, media_root: Path, workdir: Path, prefect_url: str, workers: int, batch: int
+) -> tuple[float, dict[str, object]]:
+    """(wall seconds, the run's report) of the flow in a new interpreter."""
+    env = _prefect_env(workdir) | {
+        "PREFECT_API_URL": prefect_url,
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "BACKFILL_API_URL": api.url,
+        "BACKFILL_API_TOKEN": api.token,
+        "BACKFILL_MEDIA_ROOT": str(media_root),
+    }
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_SCRIPT, str(workers), str(batch)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"snr-frequency run failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return seconds, report
+
+
+def time_run(
+    tones: dict[Path, float],
+    media_root: Path,
+    workdir: Path,
+    prefect_url: str,
+    workers: int,
+    batch: int,
+) -> tuple[float, float, float, float]:
+    """(wall seconds, in-run files/s, CPU seconds of the flow process, of its workers) of
+    one run over `tones`, checked."""
+    paths = sorted(tones)
+    with local_api(workdir) as api:
+        api.register(media_root, paths, "audio")
+        seconds, report = run_flow(api, media_root, workdir, prefect_url, workers, batch)
+        found = {m.uri: m.frequency for m in api.records()}
+    assert report["applied"] == len(paths) and report["failed"] == 0, report
+    for path, freq in tones.items():
+        measured = found[path.relative_to(media_root).as_posix()]
+        assert measured is not None and abs(measured - freq) <= 1.0, (path, measured, freq)
+    rate, main_cpu, workers_cpu = (
+        report["records_per_second"],
+        report["cpu_self"],
+        report["cpu_children"],
+    )
+    assert isinstance(rate, float) and isinstance(main_cpu, float)
+    assert isinstance(workers_cpu, float)
+    return seconds, rate, main_cpu, workers_cpu
+
+
+def cold_start(first: Path, second: Path, mode: str) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", COLD_SCRIPT, mode, str(first), str(second)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/backfill-bench"))
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=5.0, help="Length of each file.")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=1, help="Best of this many runs.")
+    args = parser.parse_args(argv)
+
+    workdir: Path = args.dir
+    media_root = workdir / "media"
+    print(f"writing/checking {3 * args.files} WAVs of {args.seconds:g} s under {media_root} ...")
+    everything = make_tones(media_root / "tones", 3 * args.files, args.seconds)
+    paths = sorted(everything)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+    with prefect_server(workdir) as prefect_url:
+        one = {paths[0]: everything[paths[0]]}
+        first, *_ = time_run(one, media_root, workdir, prefect_url, 2, args.batch_size)
+        print(f"first run ever (1 file, Prefect registers the flow): {first:.2f} s")
+        cold, *_ = time_run(one, media_root, workdir, prefect_url, 2, args.batch_size)
+        print(f"cold run over 1 file, 2 workers (whole command): {cold:.2f} s")
+        marginals = {}
+        for workers in (1, 2):
+            walls = []
+            for count in (args.files, 3 * args.files):
+                subset = {p: everything[p] for p in paths[:count]}
+                runs = [
+                    time_run(subset, media_root, workdir, prefect_url, workers, args.batch_size)
+                    for _ in range(args.repeat)
+                ]
+                wall, in_run, main_cpu, workers_cpu = min(runs)
+                walls.append(wall)
+                print(
+                    f"{workers} worker(s), {count:5d} files: wall {wall:6.2f} s "
+                    f"({count / wall:5.1f} files/s), in-run {in_run:5.1f} files/s; "
+                    f"CPU s: flow process {main_cpu:.2f}, workers {workers_cpu:.2f}"
+                )
+            marginal = 2 * args.files / (walls[1] - walls[0])
+            marginals[workers] = marginal
+            fixed = walls[0] - args.files / marginal
+            print(
+                f"{workers} worker(s): marginal {marginal:5.1f} files/s, fixed cost {fixed:.2f} s"
+            )
+    print(f"speed-up 2 workers / 1 worker: {marginals[2] / marginals[1]:.2f}x")
+
+    for mode in ("warm", "cold"):
+        costs = cold_start(paths[0], paths[1], mode)
+        print(f"worker start-up, {mode}: " + ", ".join(f"{k} {v:.3f} s" for k, v in costs.items()))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,531 @@
+"""The typed HTTP client of the backfill API: one class over a long-lived `httpx.Client`.
+
+Errors (every one carries a message an operator can act on, with the server's `detail`)::
+
+    APIError
+    ├── APIConnectionError            transport failed; retryable
+    │   └── APITimeoutError
+    ├── APIResponseValidationError    a 2xx body that is not the expected model
+    └── APIStatusError                any non-2xx answer
+        ├── BadRequestError           400
+        ├── AuthenticationError       401  (missing, unknown or revoked token)
+        ├── PermissionDeniedError     403  (a reader token on an admin route)
+        ├── NotFoundError             404
+        ├── ConflictError             409
+        ├── UnprocessableEntityError  422
+        ├── RateLimitError            429  retryable, honours Retry-After
+        └── InternalServerError       5xx  retryable
+
+Retries live here, in the client, and nowhere else (chunk tasks have `retries=0`): every
+call is retried on transport errors, 5xx and 429 with exponential backoff and jitter, or
+after `Retry-After` when the server sends one. A chunk whose POST fails is then not
+recomputed, and page fetches in the flow body and the CLI get the same policy. A wrong
+URL still fails at once: a refused connection is retried only after this client has
+reached the API once (Prefect's own client does the same).
+
+Batch POSTs carry an `Idempotency-Key` derived from the batch itself (sha256 of the route,
+a run scope and the canonical JSON body), so a retry after the server applied the batch
+replays the stored answer instead of writing twice. The scope (the Prefect flow run id and
+its attempt, else a random per-client id) keeps a *later* run from replaying an earlier
+run's identical batch: the same failure posted by two runs must count as two attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from api.schemas import (
+    MAX_PAGE_LIMIT,
+    BackfillKind,
+    BatchResult,
+    CompilationContext,
+    Coverage,
+    FailureItem,
+    FailurePage,
+    Health,
+    MediaIn,
+    MediaPage,
+    MediaPublic,
+    MediaRegisterResult,
+    MediaType,
+    PendingPage,
+    ProjectCreate,
+    ProjectCreated,
+    ProjectPublic,
+    ProjectStatusUpdate,
+)
+from flows.settings import ClientSettings
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BackfillClient",
+    "BadRequestError",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "UnprocessableEntityError",
+    "is_retryable",
+]
+
+#: Where retries are logged; a flow passes its run logger so they show in the Prefect UI.
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+logger: Logger = logging.getLogger("flows.client")
+
+API_PREFIX = "/api/v1"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+DEFAULT_MAX_RETRIES = 6
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+#: Longest `Retry-After` we honour; a larger one is capped rather than believed.
+MAX_RETRY_AFTER = 60.0
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# --- Errors --------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """Base of every error the client raises."""
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request = request
+
+
+class APIConnectionError(APIError):
+    """The request never got an answer (refused, reset, DNS...)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No answer within the timeout; the server may still have applied the request."""
+
+
+class APIResponseValidationError(APIError):
+    """A successful answer whose body is not what the contract says."""
+
+
+class APIStatusError(APIError):
+    """The server answered with a non-2xx status; `detail` is its explanation."""
+
+    def __init__(
+        self, message: str, *, response: httpx.Response, detail: str, retry_after: float | None
+    ) -> None:
+        super().__init__(message, request=response.request)
+        self.response = response
+        self.status_code = response.status_code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class BadRequestError(APIStatusError):
+    pass
+
+
+class AuthenticationError(APIStatusError):
+    pass
+
+
+class PermissionDeniedError(APIStatusError):
+    pass
+
+
+class NotFoundError(APIStatusError):
+    pass
+
+
+class ConflictError(APIStatusError):
+    pass
+
+
+class UnprocessableEntityError(APIStatusError):
+    pass
+
+
+class RateLimitError(APIStatusError):
+    pass
+
+
+class InternalServerError(APIStatusError):
+    pass
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+_HINTS = {
+    401: " (check BACKFILL_API_TOKEN)",
+    403: " (this needs an admin token)",
+}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Transport errors, 5xx and 429 are worth retrying; any other API error is not."""
+    return isinstance(exc, APIConnectionError | RateLimitError | InternalServerError)
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's `detail`: a string, or FastAPI's 422 list condensed to one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        parts = []
+        for entry in detail[:3]:
+            if isinstance(entry, dict):
+                loc = ".".join(str(p) for p in entry.get("loc", ()) if p != "body")
+                parts.append(f"{loc}: {entry.get('msg', '')}" if loc else str(entry.get("msg")))
+            else:
+                parts.append(str(entry))
+        more = f" (+{len(detail) - 3} more)" if len(detail) > 3 else ""
+        return "; ".join(parts) + more
+    return str(detail)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds)
+
+
+def make_status_error(response: httpx.Response) -> APIStatusError:
+    """The typed error for a non-2xx response."""
+    status = response.status_code
+    cls = _STATUS_ERRORS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+    detail = _detail(response)
+    request = response.request
+    message = (
+        f"{status} {response.reason_phrase} on {request.method} {request.url.path}: "
+        f"{detail}{_HINTS.get(status, '')}"
+    )
+    return cls(message, response=response, detail=detail, retry_after=_retry_after(response))
+
+
+def retry_delay(exc: APIError, attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (0-based): Retry-After, else backoff."""
+    if isinstance(exc, APIStatusError) and exc.retry_after is not None:
+        return min(exc.retry_after, MAX_RETRY_AFTER)
+    backoff = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
+    return backoff * (1 - 0.25 * random.random())  # jitter: parallel chunks spread out
+
+
+# --- Helpers -------------------------------------------------------------------------------
+
+
+class BearerAuth(httpx.Auth):
+    """Sets `Authorization: Bearer <token>` on every request."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+def canonical_json(body: Any) -> bytes:
+    """Stable bytes for a JSON value: sorted keys, no spaces (what the key is derived from)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def idempotency_key(path: str, scope: str, content: bytes) -> str:
+    """Deterministic key of one batch: the same route, scope and body give the same key."""
+    digest = hashlib.sha256(f"{path}\n{scope}\n".encode() + content).hexdigest()
+    return f"bf-{digest}"
+
+
+def current_flow_run() -> tuple[str | None, int]:
+    """The running Prefect flow run's id and attempt number, or (None, 0) outside one."""
+    if "prefect" not in sys.modules:  # Prefect was never imported: no flow can be running
+        return None, 0
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return str(flow_ctx.flow_run.id), flow_ctx.flow_run.run_count
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
+        return str(task_ctx.task_run.flow_run_id), 0
+    return None, 0
+
+
+# --- The client ----------------------------------------------------------------------------
+
+
+class BackfillClient:
+    """Typed access to `/api/v1`; thread-safe, so one instance serves every chunk of a run."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        flow_run_id: str | None = None,
+        idempotency_scope: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        logger: Logger = logger,
+    ) -> None:
+        headers = {"Accept": "application/json", "User-Agent": "corpus-backfills-flows"}
+        if flow_run_id:
+            headers["X-Prefect-Flow-Run-Id"] = flow_run_id
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+        self._http.base_url = base_url.rstrip("/") + API_PREFIX
+        self._http.auth = BearerAuth(token)
+        self._http.headers.update(headers)
+        self.flow_run_id = flow_run_id
+        self.max_retries = max_retries
+        self.idempotency_scope = idempotency_scope or uuid.uuid4().hex
+        self._sleep = sleep
+        self._logger = logger
+        self._reached = False
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings, **kwargs: Any) -> BackfillClient:
+        """A client for the configured API; inside a flow run it names the run to the API."""
+        run_id, run_count = current_flow_run()
+        kwargs.setdefault("flow_run_id", run_id)
+        kwargs.setdefault("idempotency_scope", f"{run_id}:{run_count}" if run_id else None)
+        return cls(
+            settings.API_URL,
+            settings.api_token(),
+            timeout=httpx.Timeout(settings.TIMEOUT, connect=settings.CONNECT_TIMEOUT),
+            max_retries=settings.MAX_RETRIES,
+            **kwargs,
+        )
+
+    # --- lifecycle ---
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- transport with the retry policy ---
+
+    def _should_retry(self, error: APIError, *, replay_safe: bool) -> bool:
+        if not is_retryable(error):
+            return False
+        refused = isinstance(error.__cause__, httpx.ConnectError)  # nothing reached the server
+        if refused and not self._reached:
+            return False  # never reached the API: a wrong URL, so fail at once
+        # A POST without an Idempotency-Key may have been applied: resend only if never sent.
+        return replay_safe or refused
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool = False,
+    ) -> httpx.Response:
+        headers: dict[str, str] = {}
+        content: bytes | None = None
+        if body is not None:
+            content = canonical_json(body)
+            headers["Content-Type"] = "application/json"
+            if idempotent:
+                headers["Idempotency-Key"] = idempotency_key(
+                    f"{method} {path}", self.idempotency_scope, content
+                )
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        attempt = 0
+        while True:
+            error: APIError
+            try:
+                response = self._http.request(
+                    method, path, params=query, content=content, headers=headers
+                )
+            except httpx.TimeoutException as exc:
+                error = APITimeoutError(
+                    f"no answer from {self._http.base_url} to {method} {path} in time "
+                    f"({type(exc).__name__})"
+                )
+                error.__cause__ = exc
+            except httpx.TransportError as exc:
+                error = APIConnectionError(
+                    f"cannot reach the API at {self._http.base_url} ({method} {path}): {exc}"
+                )
+                error.__cause__ = exc
+            else:
+                self._reached = True
+                if response.is_success:
+                    return response
+                error = make_status_error(response)
+            if attempt >= self.max_retries or not self._should_retry(
+                error, replay_safe=method != "POST" or idempotent
+            ):
+                raise error
+            delay = retry_delay(error, attempt)
+            attempt += 1
+            self._logger.warning(
+                "%s; retry %d/%d in %.1fs", error.message, attempt, self.max_retries, delay
+            )
+            self._sleep(delay)
+
+    def _call(
+        self,
+        model: type[M],
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool = False,
+    ) -> M:
+        response = self._send(method, path, params=params, body=body, idempotent=idempotent)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise APIResponseValidationError(
+                f"unexpected answer to {method} {path}: not a {model.__name__} "
+                f"({exc.error_count()} errors)",
+                request=response.request,
+            ) from exc
+
+    def _post_batch(self, model: type[M], path: str, items: Sequence[BaseModel], **extra: Any) -> M:
+        body = {"items": [item.model_dump(mode="json") for item in items], **extra}
+        return self._call(model, "POST", path, body=body, idempotent=True)
+
+    # --- endpoints ---
+
+    def health(self) -> Health:
+        return self._call(Health, "GET", "/health")
+
+    def coverage(self) -> Coverage:
+        """Each kind: total, done, pending, failed, quarantined."""
+        return self._call(Coverage, "GET", "/backfills")
+
+    def pending(
+        self,
+        kind: BackfillKind,
+        *,
+        after_id: int = 0,
+        limit: int = MAX_PAGE_LIMIT,
+        media_type: MediaType | None = None,
+        only_failed: bool = False,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        options: Mapping[str, str] | None = None,
+    ) -> PendingPage:
+        """One page of work after `after_id` (keyset); `options` are kind filters."""
+        params: dict[str, Any] = {"after_id": after_id, "limit": limit, "media_type": media_type}
+        if only_failed:
+            params["only_failed"] = "true"
+        if shard_count > 1:
+            params |= {"shard_index": shard_index, "shard_count": shard_count}
+        params |= dict(options or {})
+        return self._call(PendingPage, "GET", f"/backfills/{kind.value}/pending", params=params)
+
+    def post_results(
+        self, kind: BackfillKind, items: Sequence[BaseModel], *, dry_run: bool = False
+    ) -> BatchResult:
+        """Apply computed values (validated models); exactly-once through Idempotency-Key."""
+        return self._post_batch(BatchResult, f"/backfills/{kind.value}", items, dry_run=dry_run)
+
+    def post_failures(
+        self, kind: BackfillKind, items: Sequence[FailureItem], *, dry_run: bool = False
+    ) -> BatchResult:
+        """Record per-record failures in the ledger (quarantined after N attempts)."""
+        path = f"/backfills/{kind.value}/failures"
+        return self._post_batch(BatchResult, path, items, dry_run=dry_run)
+
+    def failures(
+        self,
+        kind: BackfillKind,
+        *,
+        after_id: int = 0,
+        limit: int = MAX_PAGE_LIMIT,
+        quarantined_only: bool = False,
+    ) -> FailurePage:
+        """One page of the failure ledger: record, attempts, last error."""
+        params: dict[str, Any] = {"after_id": after_id, "limit": limit}
+        if quarantined_only:
+            params["quarantined_only"] = "true"
+        return self._call(FailurePage, "GET", f"/backfills/{kind.value}/failures", params=params)
+
+    def register_media(self, items: Sequence[MediaIn]) -> MediaRegisterResult:
+        """Register files; a known uri is reported as `existing`, not duplicated."""
+        return self._post_batch(MediaRegisterResult, "/media", items, dry_run=False)
+
+    def list_media(
+        self, *, after_id: int = 0, limit: int = MAX_PAGE_LIMIT, media_type: MediaType | None = None
+    ) -> MediaPage:
+        params = {"after_id": after_id, "limit": limit, "media_type": media_type}
+        return self._call(MediaPage, "GET", "/media", params=params)
+
+    def get_media(self, media_id: int) -> MediaPublic:
+        return self._call(MediaPublic, "GET", f"/media/{media_id}")
+
+    def create_project(self, project: ProjectCreate) -> ProjectCreated:
+        body = project.model_dump(mode="json", exclude_unset=True)
+        return self._call(ProjectCreated, "POST", "/projects", body=body)
+
+    def get_project(self, project_id: int) -> ProjectPublic:
+        return self._call(ProjectPublic, "GET", f"/projects/{project_id}")
+
+    def compilation_context(self, project_id: int) -> CompilationContext:
+        """Everything one render needs, in one call."""
+        return self._call(CompilationContext, "GET", f"/projects/{project_id}/compilation-context")
+
+    def set_project_status(self, project_id: int, update: ProjectStatusUpdate) -> ProjectPublic:
+        body = update.model_dump(mode="json", exclude_none=True)
+        return self._call(ProjectPublic, "PUT", f"/projects/{project_id}/status", body=body)

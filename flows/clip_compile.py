@@ -1,0 +1,386 @@
+"""clip-compile: render each queued project into one H.264/AAC MP4 (plus a JPEG poster)
+under BACKFILL_OUTPUT_ROOT, and record it through the API.
+
+uv run backfill run clip-compile --dry-run
+uv run python -m flows.clip_compile        # the same, with defaults
+
+One chunk is one project by default (a render is heavy). Each project is:
+
+1. claimed: `PUT /projects/{id}/status` to `compiling` (`failed` -> `queued` first with
+   `only_failed`). A 409 means another run holds it: this run leaves it alone and counts
+   it as unchanged, never as a failure (the other run may still compile it);
+2. described in one call (`GET /projects/{id}/compilation-context`): clips, extras, tier
+   limits, remaining render seconds;
+3. planned from file headers only: the first `max_clips` clips, the height capped at the
+   tier's `max_height`, every path under the media root, every span inside its media. A
+   render that would exceed the remaining render seconds fails here, before any rendering;
+4. rendered on the run's compute threads (`flows.compute.render` streams frames: memory
+   stays bounded) to a name derived from the project and its plan, written atomically, so
+   a retried render overwrites the same file and never leaves a second copy;
+5. posted as a `ClipCompileResult` by the engine; the server links the output media
+   record, marks the project compiled and counts render usage once (Idempotency-Key).
+
+A bad project (missing or unsafe media, a span outside its media, no clips, over quota,
+a failed render) raises `MediaError`: the engine posts it to `/failures` and the project
+becomes `failed` with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Literal
+
+import httpx
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from api.schemas import (
+    BackfillKind,
+    BatchResult,
+    ClipCompileResult,
+    CompilationContext,
+    MediaPublic,
+    ProjectStatus,
+    ProjectStatusUpdate,
+    is_url,
+)
+from flows.client import BackfillClient, ConflictError, NotFoundError
+from flows.compute.errors import MediaError
+from flows.compute.render import (
+    MediaInfo,
+    RenderClip,
+    RenderPlan,
+    plan_timeline,
+    probe_media,
+    render,
+)
+from flows.engine import BackfillReport, chunk_task_runner, run_backfill
+from flows.media import downloaded, resolve_media_path
+from flows.settings import ClientSettings, ConfigError, load_settings
+from flows.spec import (
+    Backfill,
+    BackfillParams,
+    BatchSize,
+    Concurrency,
+    Job,
+    Limit,
+    Ratio,
+    ShardCount,
+    ShardIndex,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Frame rate of a project that sets none.
+DEFAULT_FPS = 24.0
+#: Seconds of quota a planned render may exceed by (float noise), as the server allows.
+QUOTA_SLACK_S = 1e-6
+
+Fps = Annotated[float, Field(ge=1, le=120, allow_inf_nan=False)]
+
+
+class CompileParams(BackfillParams):
+    """clip-compile: one project per chunk; a project without fps renders at `default_fps`."""
+
+    batch_size: BatchSize = 1
+    max_failure_ratio: Ratio = 1.0
+    default_fps: Fps = DEFAULT_FPS
+
+
+# --- What compute returns ------------------------------------------------------------------
+
+
+class Unposted(BaseModel):
+    """A project this run has nothing to post for.
+
+    `skipped`: another run claimed it (counted as unchanged). `planned`: a dry run
+    validated it and would render it (counted as would-apply).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project_id: int
+    outcome: Literal["skipped", "planned"]
+    note: str
+
+
+class CompileOutcome(RootModel[ClipCompileResult | Unposted]):
+    """One project's outcome: a rendered result to post, or nothing to post."""
+
+
+class CompileClient(BackfillClient):
+    """The API client of a clip-compile run: posts the rendered projects and counts the
+    unposted ones itself (the engine knows only results and failures)."""
+
+    def post_results(
+        self, kind: BackfillKind, items: Sequence[BaseModel], *, dry_run: bool = False
+    ) -> BatchResult:
+        results: list[BaseModel] = []
+        skipped = planned = 0
+        for item in items:
+            value = item.root if isinstance(item, CompileOutcome) else item
+            if isinstance(value, Unposted):
+                skipped += value.outcome == "skipped"
+                planned += value.outcome == "planned"
+            else:
+                results.append(value)
+        posted = BatchResult(dry_run=dry_run)
+        if results:
+            posted = super().post_results(kind, results, dry_run=dry_run)
+        return posted.model_copy(
+            update={"applied": posted.applied + planned, "unchanged": posted.unchanged + skipped}
+        )
+
+
+# --- Compute: one project ------------------------------------------------------------------
+
+
+def claim_project(client: BackfillClient, project_id: int, *, requeue: bool) -> str | None:
+    """Mark the project `compiling` (from `failed` via `queued` when `requeue`).
+
+    Returns None once claimed, or why this run must leave the project alone.
+    """
+
+    def put(status: ProjectStatus) -> None:
+        client.set_project_status(project_id, ProjectStatusUpdate(status=status))
+
+    try:
+        if requeue:
+            try:
+                put(ProjectStatus.QUEUED)
+            except ConflictError:
+                pass  # requeued by someone else already; the claim below decides
+        put(ProjectStatus.COMPILING)
+    except ConflictError as exc:
+        return f"project {project_id} was claimed by another run ({exc.detail})"
+    except NotFoundError:
+        return f"project {project_id} no longer exists"
+    return None
+
+
+def content_key(context: CompilationContext, clips: int, height: int, fps: float) -> str:
+    """16 hex characters of what the output depends on: sources, spans, size and rate."""
+
+    def uri(media: MediaPublic | None) -> str | None:
+        return media.uri if media is not None else None
+
+    spec = {
+        "clips": [[c.media.uri, c.start, c.end] for c in context.clips[:clips]],
+        "intro": uri(context.intro),
+        "outro": uri(context.outro),
+        "transition": uri(context.transition),
+        "height": height,
+        "fps": fps,
+    }
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class _Sources:
+    """Local files of a project's media: resolved under the root, or downloaded once."""
+
+    def __init__(self, settings: ClientSettings, stack: ExitStack) -> None:
+        self.settings = settings
+        self.stack = stack
+        self.paths: dict[int, Path] = {}
+
+    def path(self, media: MediaPublic, role: str) -> Path:
+        if media.id not in self.paths:
+            try:
+                self.paths[media.id] = self._open(media.uri)
+            except MediaError as exc:
+                raise MediaError(f"{role} (media {media.id}): {exc}") from None
+        return self.paths[media.id]
+
+    def _open(self, uri: str) -> Path:
+        if is_url(uri):
+            s = self.settings
+            timeout = httpx.Timeout(s.TIMEOUT, connect=s.CONNECT_TIMEOUT)
+            return self.stack.enter_context(downloaded(uri, timeout=timeout))
+        return resolve_media_path(self.settings.MEDIA_ROOT, uri)
+
+
+def _cached(probe: Callable[[Path], MediaInfo]) -> Callable[[Path], MediaInfo]:
+    seen: dict[Path, MediaInfo] = {}
+
+    def cached(path: Path) -> MediaInfo:
+        if path not in seen:
+            seen[path] = probe(path)
+        return seen[path]
+
+    return cached
+
+
+def media_uri(settings: ClientSettings, path: Path) -> str:
+    """`path` as a record uri: POSIX, relative to the media root."""
+    try:
+        return path.resolve().relative_to(settings.MEDIA_ROOT.resolve()).as_posix()
+    except ValueError:
+        raise MediaError(f"{path} is not under the media root") from None
+
+
+def compile_project(job: Job[CompileParams]) -> CompileOutcome:
+    """Claim, plan (headers only), check the quota, then render one project."""
+    client, params, settings = job.client, job.params, job.settings
+    if client is None:
+        raise RuntimeError("clip-compile needs the API client: run it on threads")
+    project_id = job.item.record_id
+    if not params.dry_run:
+        refused = claim_project(client, project_id, requeue=params.only_failed)
+        if refused is not None:
+            logger.info("skipping: %s", refused)
+            return CompileOutcome(Unposted(project_id=project_id, outcome="skipped", note=refused))
+    context = client.compilation_context(project_id)
+    tier, project = context.tier, context.project
+    if not context.clips:
+        raise MediaError("project has no clips")
+    kept = context.clips[: tier.max_clips]
+    if len(kept) < len(context.clips):
+        logger.info(
+            "project %d: rendering the first %d of %d clips (tier %s allows %d)",
+            project_id,
+            len(kept),
+            len(context.clips),
+            tier.name,
+            tier.max_clips,
+        )
+    probe = _cached(probe_media)
+    with ExitStack() as stack:
+        sources = _Sources(settings, stack)
+        clips = [
+            RenderClip(path=sources.path(c.media, f"clip {n}"), start=c.start, end=c.end)
+            for n, c in enumerate(kept, start=1)
+        ]
+        extras = {
+            role: sources.path(media, role) if media is not None else None
+            for role, media in (
+                ("intro", context.intro),
+                ("outro", context.outro),
+                ("transition", context.transition),
+            )
+        }
+        first = probe(clips[0].path)
+        height = min(project.height or first.height, tier.max_height)
+        fps = project.fps or params.default_fps
+        plan = RenderPlan(
+            clips=clips,
+            intro=extras["intro"],
+            outro=extras["outro"],
+            transition=extras["transition"],
+            height=height,
+            fps=fps,
+            output_dir=settings.output_root,
+            name_stem=f"project-{project_id}-{project.name[:100]}",
+            content_key=content_key(context, len(kept), height, fps),
+        )
+        timeline = plan_timeline(plan, probe=probe)
+        remaining = context.remaining_render_seconds
+        if timeline.duration > remaining + QUOTA_SLACK_S:
+            raise MediaError(
+                f"render quota exceeded: the video would last {timeline.duration:.2f} s but "
+                f"owner {project.owner!r} has {remaining:.2f} s of "
+                f"{tier.monthly_render_seconds:g} s left this month (tier {tier.name!r}); "
+                "not rendered"
+            )
+        if params.dry_run:
+            note = f"would render {timeline.duration:.2f} s at {timeline.width}x{timeline.height}"
+            return CompileOutcome(Unposted(project_id=project_id, outcome="planned", note=note))
+        output = render(plan)
+    logger.info(
+        "project %d: %.2f s of %dx%d video, %d bytes, rendered in %.2f s",
+        project_id,
+        output.duration,
+        timeline.width,
+        timeline.height,
+        output.size_bytes,
+        output.elapsed_seconds,
+    )
+    return CompileOutcome(
+        ClipCompileResult(
+            project_id=project_id,
+            output_uri=media_uri(settings, output.path),
+            thumbnail_uri=media_uri(settings, output.thumbnail),
+            duration=output.duration,
+            hash=output.sha256,
+            size_bytes=output.size_bytes,
+            render_seconds=output.duration,
+        )
+    )
+
+
+CLIP_COMPILE = Backfill(
+    kind=BackfillKind.CLIP_COMPILE,
+    result_model=CompileOutcome,
+    compute=compile_project,
+    executor="thread",  # moviepy drives ffmpeg subprocesses; the GIL is not the limit
+    open_file=None,  # items are projects; compute opens their media itself
+)
+
+
+def check_roots(settings: ClientSettings, *, create_output: bool) -> None:
+    """Fail the run at once (before any project is claimed) if the roots are unusable."""
+    if not settings.MEDIA_ROOT.is_dir():
+        raise ConfigError(f"BACKFILL_MEDIA_ROOT {settings.MEDIA_ROOT} is not a directory")
+    output = settings.output_root
+    if create_output:
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"BACKFILL_OUTPUT_ROOT {output} cannot be created: {exc}") from None
+        if not os.access(output, os.W_OK | os.X_OK):
+            raise ConfigError(f"BACKFILL_OUTPUT_ROOT {output} is not writable")
+
+
+@flow(name=BackfillKind.CLIP_COMPILE.value, task_runner=chunk_task_runner(), retries=0)
+def clip_compile(
+    batch_size: BatchSize = 1,
+    limit: Limit = None,
+    dry_run: bool = False,
+    only_failed: bool = False,
+    shard_index: ShardIndex = 0,
+    shard_count: ShardCount = 1,
+    max_failure_ratio: Ratio = 1.0,
+    concurrency: Concurrency = None,
+    default_fps: Fps = DEFAULT_FPS,
+) -> BackfillReport:
+    """Render every queued project into one MP4 under the output root and record it.
+
+    Args:
+        batch_size: Projects per chunk task (and per POST), 1 to 1000; renders are heavy.
+        limit: Process at most this many projects in this run; empty for all.
+        dry_run: Claim and render nothing: check each project's media, spans and quota
+            from file headers, and report what would render.
+        only_failed: Requeue and render the failed projects (quarantined ones included) only.
+        shard_index: This run's shard, 0 to shard_count - 1 (projects with id % count == index).
+        shard_count: Split the backfill across this many runs; 1 for no sharding.
+        max_failure_ratio: End Failed when more than this share of projects fail (0 to 1);
+            1 by default: a bad project (over quota, missing clip) is its owner's problem and
+            is recorded on the project, while a bad media or output root fails the run at once.
+        concurrency: Chunks in flight at once; empty for one more than the CPU cores.
+        default_fps: Frame rate of projects that set none.
+    """
+    params = CompileParams(
+        batch_size=batch_size,
+        limit=limit,
+        dry_run=dry_run,
+        only_failed=only_failed,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        max_failure_ratio=max_failure_ratio,
+        concurrency=concurrency,
+        default_fps=default_fps,
+    )
+    settings = load_settings()
+    check_roots(settings, create_output=not dry_run)
+    with CompileClient.from_settings(settings, logger=get_run_logger()) as client:
+        return run_backfill(CLIP_COMPILE, params, settings=settings, client=client)
+
+
+if __name__ == "__main__":
+    clip_compile()

@@ -1,0 +1,483 @@
+"""The one chunk engine every backfill flow runs on.
+
+A flow module declares a `flows.spec.Backfill` and calls `run_backfill(spec, params)` from
+its `@flow`. The run then:
+
+1. pages pending work from the API by keyset (`after_id` = the last id seen: applied
+   records stop being pending, so an offset would skip work), one page ahead of the chunks;
+2. keeps `concurrency` chunk tasks in flight (one `process_chunk` task per `batch_size`
+   items); each computes its items on the run's compute pool (threads, or spawned
+   processes warmed once each), turns a bad item into a per-record failure, posts the
+   results, then the failures, and returns counts;
+3. moves a progress artifact as chunks finish, ends with a table artifact (stable key per
+   kind), returns a `BackfillReport`, and raises `BackfillFailed` (the flow run ends
+   Failed) when a chunk still fails after the client's retries or failures pass
+   `max_failure_ratio`.
+
+Retries are the client's (see flows.client); chunk tasks have `retries=0`, so a failed POST
+never recomputes a chunk and no error is retried twice over. A rerun, or a Retry of the
+flow run in the Prefect UI, continues where the last one stopped: done records are no
+longer pending.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from itertools import repeat
+from multiprocessing import get_context
+from typing import Any, Literal, cast
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.runtime import task_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from api.schemas import MAX_PAGE_LIMIT, BackfillKind, BatchResult, FailureItem, PendingItem
+from flows.client import APIError, BackfillClient, is_retryable
+from flows.settings import ClientSettings, ConfigError, load_settings
+from flows.spec import (
+    MAX_CONCURRENCY,
+    Backfill,
+    BackfillParams,
+    ItemOutcome,
+    Job,
+    ready,
+    run_item,
+)
+
+#: Longest failure text the ledger accepts.
+MAX_ERROR_CHARS = 4000
+#: How many distinct errors the summary lists.
+TOP_ERRORS = 5
+
+
+# --- Reports -------------------------------------------------------------------------------
+
+
+class ErrorCount(BaseModel):
+    error: str
+    count: int
+
+
+class ChunkReport(BaseModel):
+    """What one chunk did."""
+
+    first_id: int
+    last_id: int
+    items: int
+    applied: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    failed: int = 0
+    #: Each failure's and rejection's reason, with the record's uri replaced by `<uri>`.
+    errors: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class BackfillReport(BaseModel):
+    """What a run did: the flow's return value, and the body of its summary artifact."""
+
+    kind: BackfillKind
+    status: Literal["completed", "failed"]
+    reason: str | None = None
+    dry_run: bool
+    flow_run_id: str | None = None
+    processed: int = 0
+    applied: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    failed: int = 0
+    chunks: int = 0
+    failed_chunks: int = 0
+    top_errors: list[ErrorCount] = Field(default_factory=list)
+    seconds: float = 0.0
+    records_per_second: float = 0.0
+
+    def table(self) -> list[dict[str, Any]]:
+        """The summary as rows of metric and value."""
+        rows: list[dict[str, Any]] = [
+            {"metric": "status", "value": self.status + (" (dry run)" if self.dry_run else "")},
+            {"metric": "processed", "value": self.processed},
+            {"metric": "would apply" if self.dry_run else "applied", "value": self.applied},
+            {"metric": "unchanged", "value": self.unchanged},
+            {"metric": "rejected", "value": self.rejected},
+            {"metric": "failed", "value": self.failed},
+            {"metric": "records/s", "value": round(self.records_per_second, 1)},
+            {"metric": "seconds", "value": round(self.seconds, 2)},
+        ]
+        if self.reason:
+            rows.append({"metric": "reason", "value": self.reason})
+        rows += [{"metric": f"error x{e.count}", "value": e.error} for e in self.top_errors]
+        return rows
+
+
+class BackfillFailed(Exception):
+    """The run ended Failed; `report` still says what it did."""
+
+    def __init__(self, report: BackfillReport) -> None:
+        super().__init__(f"{report.kind} backfill failed: {report.reason}")
+        self.report = report
+
+
+class ProgressUpdate(BaseModel):
+    """Sent to progress listeners when a run starts and whenever a chunk finishes."""
+
+    kind: BackfillKind
+    processed: int
+    expected: int | None
+    applied: int
+    unchanged: int
+    rejected: int
+    failed: int
+
+
+ProgressListener = Callable[[ProgressUpdate], None]
+_listeners: list[ProgressListener] = []
+
+
+@contextmanager
+def progress_listener(listener: ProgressListener) -> Iterator[None]:
+    """Call `listener` (in the flow's thread) as runs in this process progress: the CLI bar."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+# --- One chunk -----------------------------------------------------------------------------
+
+
+class ChunkRunner:
+    """What every chunk of one run shares: the spec, parameters, client and compute pool."""
+
+    def __init__(
+        self,
+        spec: Backfill[Any, Any],
+        params: BackfillParams,
+        settings: ClientSettings,
+        client: BackfillClient,
+        pool: Executor,
+    ) -> None:
+        self.spec = spec
+        self.params = params
+        self.settings = settings
+        self.client = client
+        self.pool = pool
+
+    def compute(self, items: list[PendingItem]) -> list[ItemOutcome]:
+        """Every item of the chunk, in parallel on the run's pool, in order."""
+        threads = self.spec.executor == "thread"
+        client = self.client if threads else None
+        jobs = [Job(item, self.params, self.settings, client=client) for item in items]
+        # Processes get items in slices: one round trip per slice, not per item.
+        slice_size = 1 if threads else max(1, len(jobs) // (4 * compute_workers(self.spec)))
+        return list(self.pool.map(run_item, repeat(self.spec), jobs, chunksize=slice_size))
+
+    def process(self, items: list[PendingItem]) -> ChunkReport:
+        started = time.perf_counter()
+        kind, dry_run = self.spec.kind, self.params.dry_run
+        outcomes = self.compute(items)
+        results = [o.result for o in outcomes if o.result is not None]
+        failures = [
+            FailureItem(record_id=o.record_id, error=o.error[:MAX_ERROR_CHARS])
+            for o in outcomes
+            if o.error is not None
+        ]
+        posted = BatchResult(dry_run=dry_run)
+        if results:
+            posted = self.client.post_results(kind, results, dry_run=dry_run)
+        if failures and not dry_run:
+            self.client.post_failures(kind, failures)
+        uris = {i.record_id: i.uri for i in items}
+        errors = [_pattern(f.error, uris.get(f.record_id)) for f in failures]
+        errors += [_pattern(r.reason, uris.get(r.record_id or 0)) for r in posted.rejected]
+        return ChunkReport(
+            first_id=items[0].record_id,
+            last_id=items[-1].record_id,
+            items=len(items),
+            applied=posted.applied,
+            unchanged=posted.unchanged,
+            rejected=len(posted.rejected),
+            failed=len(failures),
+            errors=errors,
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _pattern(error: str, uri: str | None) -> str:
+    """An error with its record's uri blanked, so equal causes count together."""
+    return error.replace(uri, "<uri>") if uri else error
+
+
+def _chunk_name() -> str:
+    params = task_run.parameters
+    items: list[PendingItem] = params["items"]
+    kind: BackfillKind = params["runner"].spec.kind
+    return f"{kind.value}-{items[0].record_id}-{items[-1].record_id}"
+
+
+@task(name="process-chunk", task_run_name=_chunk_name, retries=0, cache_policy=NO_CACHE)
+def process_chunk(runner: ChunkRunner, items: list[PendingItem]) -> ChunkReport:
+    """Compute one chunk locally, then post its results and failures."""
+    logger = get_run_logger()
+    report = runner.process(items)
+    logger.info(
+        "ids %d-%d: %d applied, %d unchanged, %d rejected, %d failed in %.2fs",
+        report.first_id,
+        report.last_id,
+        report.applied,
+        report.unchanged,
+        report.rejected,
+        report.failed,
+        report.seconds,
+    )
+    return report
+
+
+# --- The run -------------------------------------------------------------------------------
+
+
+def chunk_task_runner() -> TaskRunner[PrefectFuture[Any]]:
+    """The task runner every backfill flow uses: chunk tasks wait on I/O and on the pool."""
+    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY)
+    return cast(TaskRunner[PrefectFuture[Any]], runner)  # Prefect's own flows.py casts alike
+
+
+def compute_workers(spec: Backfill[Any, Any]) -> int:
+    return spec.workers or os.cpu_count() or 1
+
+
+@contextmanager
+def compute_pool(spec: Backfill[Any, Any]) -> Iterator[Executor]:
+    """The run's compute pool: threads, or spawned processes each warmed once."""
+    workers = compute_workers(spec)
+    pool: Executor
+    if spec.executor == "process":
+        # spawn, not fork: the flow process runs threads (Prefect, httpx), unsafe to fork.
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=spec.warmup
+        )
+        for _ in range(workers):  # start every worker now, while the run fetches a page
+            pool.submit(ready)
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=spec.kind.value)
+    with pool:
+        yield pool
+
+
+def run_backfill(
+    spec: Backfill[Any, Any],
+    params: BackfillParams,
+    *,
+    settings: ClientSettings | None = None,
+    client: BackfillClient | None = None,
+) -> BackfillReport:
+    """Run one backfill inside the calling flow; raise `BackfillFailed` if it fails."""
+    settings = settings or load_settings()
+    if spec.open_file is not None and not settings.MEDIA_ROOT.is_dir():
+        raise ConfigError(f"BACKFILL_MEDIA_ROOT {settings.MEDIA_ROOT} is not a directory")
+    with ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(
+                BackfillClient.from_settings(settings, logger=get_run_logger())
+            )
+        pool = stack.enter_context(compute_pool(spec))
+        runner = ChunkRunner(spec, params, settings, client, pool)
+        report = _Run(runner).execute()
+    create_table_artifact(
+        key=f"{spec.kind.value}-summary",
+        table=report.table(),
+        description=f"# {spec.kind.value} backfill: {report.status}",
+    )
+    if report.status == "failed":
+        raise BackfillFailed(report)
+    return report
+
+
+class _Run:
+    """The flow-side loop: page, submit, collect, stop early when something is wrong."""
+
+    def __init__(self, runner: ChunkRunner) -> None:
+        self.runner = runner
+        self.spec, self.params, self.client = runner.spec, runner.params, runner.client
+        self.logger = get_run_logger()
+        self.concurrency = self.params.concurrency or compute_workers(self.spec) + 1
+        self.done: queue.SimpleQueue[PrefectFuture[ChunkReport]] = queue.SimpleQueue()
+        self.in_flight = 0
+        self.totals: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.stop_reason: str | None = None
+        self.halted = False
+        self.expected: int | None = None
+        self.progress_id: Any = None
+
+    def execute(self) -> BackfillReport:
+        started = time.perf_counter()
+        self.expected = self._expected()
+        self.progress_id = create_progress_artifact(
+            progress=0.0,
+            key=f"{self.spec.kind.value}-progress",
+            description=f"{self.spec.kind.value}: records processed of "
+            + (f"about {self.expected}" if self.expected is not None else "an unknown number"),
+        )
+        self._notify()
+        try:
+            for chunk in self._chunks():
+                while self.in_flight >= self.concurrency:
+                    self._collect_one()
+                if self.stop_reason or self.halted:
+                    break
+                future = process_chunk.submit(self.runner, chunk)
+                future.add_done_callback(self.done.put)
+                self.in_flight += 1
+        except APIError as exc:
+            if not is_retryable(exc):  # a wrong token or request: fail with it, not a report
+                self._drain()
+                raise
+            self._stop(f"cannot page pending work: {exc}")
+        self._drain()
+        update_progress_artifact(self.progress_id, progress=100.0)
+        return self._report(time.perf_counter() - started)
+
+    def _drain(self) -> None:
+        while self.in_flight:
+            self._collect_one()
+
+    def _expected(self) -> int | None:
+        """About how many records this run will process (coverage is not filtered)."""
+        found = next((k for k in self.client.coverage().kinds if k.kind == self.spec.kind), None)
+        if found is None:
+            return None
+        todo = found.failed if self.params.only_failed else found.pending
+        todo = -(-todo // self.params.shard_count)
+        return min(todo, self.params.limit) if self.params.limit else todo
+
+    def _chunks(self) -> Iterator[list[PendingItem]]:
+        """Full chunks of `batch_size` (a page's remainder waits for the next page)."""
+        size, buffer = self.params.batch_size, list[PendingItem]()
+        for items in self._pages():
+            buffer += items
+            while len(buffer) >= size:
+                yield buffer[:size]
+                del buffer[:size]
+        if buffer:
+            yield buffer
+
+    def _pages(self) -> Iterator[list[PendingItem]]:
+        """Pending items page by page, by keyset; fetched while earlier chunks run."""
+        p = self.params
+        after_id, left = 0, p.limit
+        while left is None or left > 0:
+            page = self.client.pending(
+                self.spec.kind,
+                after_id=after_id,
+                limit=min(MAX_PAGE_LIMIT, left or MAX_PAGE_LIMIT),
+                media_type=p.media_type,
+                only_failed=p.only_failed,
+                shard_index=p.shard_index,
+                shard_count=p.shard_count,
+                options=p.pending_options(),
+            )
+            items = page.items if left is None else page.items[:left]
+            yield items
+            if left is not None:
+                left -= len(items)
+            if page.next_after_id is None or not items:
+                return
+            after_id = page.next_after_id
+
+    def _collect_one(self) -> None:
+        future = self.done.get()
+        self.in_flight -= 1
+        try:
+            chunk = future.result()
+        except Exception as exc:  # the chunk failed after the client's retries
+            self.totals["failed_chunks"] += 1
+            self._stop(f"a chunk failed: {exc}")
+            return
+        self.totals.update(
+            chunks=1,
+            processed=chunk.items,
+            applied=chunk.applied,
+            unchanged=chunk.unchanged,
+            rejected=chunk.rejected,
+            failed=chunk.failed,
+        )
+        self.errors.update(chunk.errors)
+        if not self.halted and self._failure_ratio_exceeded(at_least=self.params.batch_size):
+            self.halted = True  # submit no more; the report gives the final ratio
+            self.logger.error("stopping early: %s", self._ratio_reason())
+        done = self.totals["processed"]
+        progress = min(99.0, 100.0 * done / self.expected) if self.expected else 99.0
+        update_progress_artifact(self.progress_id, progress=progress)
+        self._notify()
+
+    def _failure_ratio_exceeded(self, *, at_least: int = 1) -> bool:
+        processed = self.totals["processed"]
+        bad = self.totals["failed"] + self.totals["rejected"]
+        return processed >= at_least and bad / processed > self.params.max_failure_ratio
+
+    def _ratio_reason(self) -> str:
+        bad = self.totals["failed"] + self.totals["rejected"]
+        return (
+            f"{bad} of {self.totals['processed']} records failed or were rejected, "
+            f"more than max_failure_ratio={self.params.max_failure_ratio:g}"
+        )
+
+    def _stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.logger.error("stopping: %s", reason)
+
+    def _notify(self) -> None:
+        t = self.totals
+        update = ProgressUpdate(
+            kind=self.spec.kind,
+            processed=t["processed"],
+            expected=self.expected,
+            applied=t["applied"],
+            unchanged=t["unchanged"],
+            rejected=t["rejected"],
+            failed=t["failed"],
+        )
+        for listener in list(_listeners):
+            listener(update)
+
+    def _report(self, seconds: float) -> BackfillReport:
+        t = self.totals
+        reason = self.stop_reason
+        if reason is None and self._failure_ratio_exceeded():
+            reason = self._ratio_reason()
+        return BackfillReport(
+            kind=self.spec.kind,
+            status="failed" if reason else "completed",
+            reason=reason,
+            dry_run=self.params.dry_run,
+            flow_run_id=self.client.flow_run_id,
+            processed=t["processed"],
+            applied=t["applied"],
+            unchanged=t["unchanged"],
+            rejected=t["rejected"],
+            failed=t["failed"],
+            chunks=t["chunks"],
+            failed_chunks=t["failed_chunks"],
+            top_errors=[
+                ErrorCount(error=e, count=n) for e, n in self.errors.most_common(TOP_ERRORS)
+            ],
+            seconds=seconds,
+            records_per_second=t["processed"] / seconds if seconds > 0 else 0.0,
+        )

@@ -1,0 +1,157 @@
+"""What a backfill kind is, for the engine: its `Backfill` spec, shared parameters, one `Job`.
+
+A kind plugs into the one engine (`flows.engine.run_backfill`) by declaring::
+
+    SPEC = Backfill(
+        kind=BackfillKind.FILE_HASHING,
+        result_model=HashResult,              # validated before anything is sent
+        compute=compute_hash,                 # Job -> result; raise MediaError for a bad file
+        executor="thread",                    # or "process" for CPU-bound Python (GIL held)
+    )
+
+Prefect-free on purpose: process-pool workers import this module, `run_item` and the spec's
+`compute` (keep a process kind's compute in a module without Prefect, too), and should not
+pay for Prefect on start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaType, PendingItem
+from flows.compute.errors import MediaError
+from flows.media import local_media
+from flows.settings import ClientSettings
+
+if TYPE_CHECKING:
+    from flows.client import BackfillClient
+
+#: Most chunk tasks a run keeps in flight (the task runner's thread count).
+MAX_CONCURRENCY = 64
+
+# Parameter types shared by every flow signature and `BackfillParams`: the constraints live
+# here once; each flow documents its parameters in its docstring (the Prefect UI form).
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_ITEMS)]
+Limit = Annotated[int | None, Field(ge=1)]
+ShardIndex = Annotated[int, Field(ge=0, le=10_000)]
+ShardCount = Annotated[int, Field(ge=1, le=10_000)]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+Concurrency = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
+
+
+class BackfillParams(BaseModel):
+    """The parameters every backfill flow takes; a kind with options subclasses it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: BatchSize = 100
+    limit: Limit = None
+    dry_run: bool = False
+    media_type: MediaType | None = None
+    only_failed: bool = False
+    shard_index: ShardIndex = 0
+    shard_count: ShardCount = 1
+    max_failure_ratio: Ratio = 0.1
+    concurrency: Concurrency = None
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> BackfillParams:
+        if self.shard_index >= self.shard_count:
+            raise ValueError("shard_index must be less than shard_count")
+        return self
+
+    def pending_options(self) -> dict[str, str]:
+        """Kind options sent as query parameters of `/pending` (none for the base kinds)."""
+        return {}
+
+
+P = TypeVar("P", bound=BackfillParams)
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Job(Generic[P]):
+    """Everything `compute` gets for one pending item."""
+
+    item: PendingItem
+    params: P
+    settings: ClientSettings
+    #: The local file (a URL is streamed to a temporary file first); None if the spec
+    #: opens no file.
+    path: Path | None = None
+    #: The API client, for kinds that need extra calls per item (thread executors only:
+    #: None in a process pool).
+    client: BackfillClient | None = None
+
+    @property
+    def file(self) -> Path:
+        """The local file; a spec with `open_file=None` has none."""
+        if self.path is None:
+            raise RuntimeError(f"record {self.item.record_id}: this backfill opens no file")
+        return self.path
+
+
+#: Opens the local file of a pending item for the length of `compute` (see flows.media).
+Opener = Callable[[ClientSettings, PendingItem], AbstractContextManager[Path]]
+
+
+@dataclass(frozen=True)
+class Backfill(Generic[P, R]):
+    """One kind, as the engine sees it. Picklable when its callables are module-level."""
+
+    kind: BackfillKind
+    #: The wire model of one result; every computed value is validated against it.
+    result_model: type[R]
+    #: Compute one item. Raise `MediaError` for a bad record: it becomes a per-record failure
+    #: and the chunk goes on. Return a `result_model` (or a dict of its fields).
+    compute: Callable[[Job[P]], R | dict[str, Any]]
+    #: "thread" for I/O and GIL-releasing work (hashlib, file headers, subprocesses);
+    #: "process" for CPU-bound Python (librosa): a spawned process pool, one per run.
+    executor: Literal["thread", "process"] = "thread"
+    #: How an item's file is opened; None when items are not files (clip-compile projects).
+    open_file: Opener | None = local_media
+    #: Runs once in each worker process before its first item (imports, caches).
+    warmup: Callable[[], None] | None = None
+    #: Compute workers (threads or processes); default: one per CPU core.
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One computed item: a validated result, or the reason it failed."""
+
+    record_id: int
+    result: BaseModel | None = None
+    error: str | None = None
+
+
+def ready() -> None:
+    """A no-op for a new worker process: submitting it starts the pool early."""
+
+
+def run_item(spec: Backfill[P, R], job: Job[P]) -> ItemOutcome:
+    """Compute one item; a bad record comes back as `error`, never as an exception."""
+    item = job.item
+    try:
+        if spec.open_file is None:
+            value = spec.compute(job)
+        else:
+            with spec.open_file(job.settings, item) as path:
+                value = spec.compute(replace(job, path=path))
+        return ItemOutcome(item.record_id, result=spec.result_model.model_validate(value))
+    except MediaError as exc:
+        return ItemOutcome(item.record_id, error=str(exc) or "unreadable media")
+    except OSError as exc:
+        return ItemOutcome(item.record_id, error=f"{item.uri}: {exc.strerror or exc}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        reason = f"{where}: {first['msg']}" if where else first["msg"]
+        name = spec.result_model.__name__
+        return ItemOutcome(item.record_id, error=f"computed {name} is invalid: {reason}")

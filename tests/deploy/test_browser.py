@@ -1,0 +1,108 @@
+"""The Prefect UI, in headless Chromium: a custom run of `file-hashing/nightly` started from
+its parameter form (limit and dry_run filled in), executed by the worker, seen complete
+through Prefect's API. A screenshot of the filled form is kept in var/screenshots/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.deploy.conftest import RUN_TIMEOUT, DeployApi, PrefectServer, Worker, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = ROOT / "var" / "screenshots" / "custom-run-form.png"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)",
+    ),
+]
+
+
+def test_custom_run_from_the_ui_form(
+    prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
+) -> None:
+    from playwright.sync_api import Locator, Page, sync_playwright
+
+    deploy_api.reset()
+    deploy_api.register_files("ui", [100, 200, 300, 400, 500])
+    with prefect_server.client() as client:
+        deployment = client.read_deployment_by_name("file-hashing/nightly")
+
+    def runs_of(deployment_id: UUID) -> set[UUID]:
+        from prefect.client.schemas.filters import DeploymentFilter
+
+        with prefect_server.client() as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id={"any_": [deployment_id]}), limit=200
+            )
+        return {run.id for run in runs}
+
+    def field(page: Page, name: str) -> Locator:
+        """One parameter of the schema form, found by its label."""
+        label = page.locator(
+            ".schema-form-property__label", has_text=re.compile(rf"^{name} \(Optional\)$")
+        )
+        return page.locator(".schema-form-property", has=label)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(f"{prefect_server.url}/deployments/deployment/{deployment.id}")
+            # The clicks an operator makes: Run, then Custom run.
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_text("Custom run", exact=True).click()
+            page.wait_for_url(re.compile(r".*/run\b.*"))
+
+            limit = field(page, "limit")
+            limit.get_by_role("button", name="int", exact=True).click()
+            limit.locator("input[type=number]").fill("3")
+            dry_run = field(page, "dry_run").get_by_role("switch")
+            dry_run.click()
+            assert dry_run.get_attribute("aria-checked") == "true"
+            for described in ("batch_size", "limit", "dry_run", "only_failed"):
+                assert field(page, described).locator(".schema-form-property__description")
+
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True, animations="disabled")
+            before = runs_of(deployment.id)
+            page.get_by_role("button", name="Submit", exact=True).click()
+            # The UI goes back to the deployment page; the new run is the one we started.
+            (run_id,) = wait_for("the new flow run", lambda: runs_of(deployment.id) - before)
+        finally:
+            browser.close()
+
+    with prefect_server.client() as client:
+
+        def final_state() -> Any:
+            state = client.read_flow_run(run_id).state
+            return state if state is not None and state.is_final() else None
+
+        state = wait_for("the custom run", final_state, timeout=RUN_TIMEOUT, every=0.5)
+        run = client.read_flow_run(run_id)
+    assert state.is_completed(), state
+    assert run.deployment_id == deployment.id
+    assert run.parameters["limit"] == 3 and run.parameters["dry_run"] is True
+    # The form's values reached the flow: a dry run over 3 records, nothing written.
+    assert deploy_api.query("SELECT dry_run, applied FROM audit WHERE kind = 'file-hashing'") == [
+        (1, 3)
+    ]
+    assert set(deploy_api.hashes().values()) == {None}
+    assert SCREENSHOT.stat().st_size > 10_000

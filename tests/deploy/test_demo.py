@@ -1,0 +1,89 @@
+"""`backfill demo` on a fresh folder: it finishes, prints the coverage table and the
+failures, leaves nothing running but the API it was asked to keep, and that API works."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.conftest import session_members
+
+pytestmark = pytest.mark.e2e
+
+#: The demo's budget on a 2-core machine is two minutes; leave CI some slack.
+DEMO_TIMEOUT = 150
+
+
+def demo_command() -> list[str]:
+    """`backfill demo` once it is wired into the CLI; `python -m flows.demo` until then."""
+    from flows.cli import app
+
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    if "demo" in names:
+        return [str(Path(sys.executable).parent / "backfill"), "demo"]
+    return [sys.executable, "-m", "flows.demo"]
+
+
+def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "BACKFILL_")) and "DATABASE" not in k
+    }
+    started = time.monotonic()
+    demo = subprocess.Popen(
+        [*demo_command(), "--keep", "--workdir", str(workdir)],
+        cwd=tmp_path,
+        env=env | {"COLUMNS": "160"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = demo.communicate(timeout=DEMO_TIMEOUT)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    seconds = time.monotonic() - started
+    print(stdout, stderr, f"demo wall time: {seconds:.1f}s", sep="\n")
+
+    assert demo.returncode == 0, stderr[-3000:]
+    assert "coverage at http://127.0.0.1:" in stdout
+    for kind in ("media-duration", "file-hashing", "snr-frequency", "version-0", "clip-compile"):
+        assert re.search(rf"│ {kind}\s+│\s+\d+ │", stdout), kind
+    assert "failures, from the failure ledger" in stdout
+    assert "corrupt/" in stdout
+    # Nothing the demo started is left in its session (the kept API has its own).
+    assert session_members(demo.pid) == []
+
+    url = re.search(r"export BACKFILL_API_URL=(\S+)", stdout)
+    token = re.search(r"export BACKFILL_API_TOKEN=(\S+)", stdout)
+    assert url and token, stdout
+    pid = int((workdir / "api.pid").read_text())
+    try:
+        coverage = httpx.get(
+            f"{url[1]}/api/v1/backfills",
+            headers={"Authorization": f"Bearer {token[1]}"},
+            timeout=10,
+        )
+        assert coverage.status_code == 200
+        by_kind = {k["kind"]: k for k in coverage.json()["kinds"]}
+        hashing = by_kind["file-hashing"]
+        assert hashing["done"] == hashing["total"] > 0
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    assert seconds < DEMO_TIMEOUT

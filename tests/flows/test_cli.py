@@ -1,0 +1,189 @@
+"""`backfill` commands: exit codes, one-line errors, and real work against a live API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from api.schemas import BackfillKind, MediaIn
+from flows.cli import app
+from flows.client import BackfillClient
+from tests.conftest import LiveApi
+from tests.flows.conftest import write_wav
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    # `run` sets these with setdefault; pre-set them so the test process gets them back.
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    return CliRunner()
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_status_prints_coverage(cli: CliRunner, client_env: LiveApi) -> None:
+    result = cli.invoke(app, ["status"])
+
+    assert result.exit_code == 0, result.output
+    for kind in BackfillKind:
+        assert kind.value in result.stdout
+
+
+def test_status_with_a_bad_token_is_a_config_error(
+    cli: CliRunner, client_env: LiveApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BACKFILL_API_TOKEN", "cbk_not-a-real-token")
+
+    result = cli.invoke(app, ["status"])
+
+    assert result.exit_code == 2
+    assert "401 Unauthorized" in one_line_error(result.stderr)
+
+
+def test_status_without_an_api_fails(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKFILL_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("BACKFILL_API_TOKEN", "t")
+
+    result = cli.invoke(app, ["status"])
+
+    assert result.exit_code == 1
+    assert "cannot reach the API at http://127.0.0.1:9" in one_line_error(result.stderr)
+
+
+def test_register_walks_a_folder_and_skips_what_is_not_media(
+    cli: CliRunner, client_env: LiveApi, media_root: Path
+) -> None:
+    for i in range(3):
+        write_wav(media_root / f"talks/{i}.wav", frames=800)
+    (media_root / "talks/notes.txt").write_text("not media")
+    (media_root / "talks/escape.wav").symlink_to("/etc/hostname")
+    (media_root / "talks/.hidden.wav").write_bytes(b"")
+
+    result = cli.invoke(app, ["media", "register", str(media_root / "talks")])
+
+    assert result.exit_code == 0, result.output
+    assert "skipped talks/notes.txt" in result.stderr
+    assert "skipped talks/escape.wav" in result.stderr
+    with BackfillClient(client_env.url, client_env.admin_token) as client:
+        page = client.list_media()
+    assert sorted((m.uri, m.media_type) for m in page.items) == [
+        (f"talks/{i}.wav", "audio") for i in range(3)
+    ]
+
+    again = cli.invoke(app, ["media", "register", str(media_root)])
+    assert again.exit_code == 0
+    assert [line.split("│")[1:3] for line in again.stdout.splitlines() if "existing" in line]
+
+
+def test_register_outside_the_media_root_is_a_config_error(
+    cli: CliRunner, client_env: LiveApi, tmp_path: Path
+) -> None:
+    result = cli.invoke(app, ["media", "register", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert "is not under BACKFILL_MEDIA_ROOT" in one_line_error(result.stderr)
+
+
+def test_run_without_a_token_is_one_line_and_exit_2(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("BACKFILL_API_TOKEN", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env
+
+    result = cli.invoke(app, ["run", "file-hashing"])
+
+    assert result.exit_code == 2
+    assert "BACKFILL_API_TOKEN is not set" in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "snr-frequency"], "no flow for snr-frequency yet"),
+        (["run", "file-hashing", "-p", "algorithm=md6"], "invalid parameters for file-hashing"),
+        (["run", "file-hashing", "-p", "colour=blue"], "invalid parameters for file-hashing"),
+        (["run", "file-hashing", "-p", "nonsense"], "--param takes KEY=VALUE"),
+    ],
+)
+def test_run_usage_errors_exit_2(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], message: str
+) -> None:
+    monkeypatch.setenv("BACKFILL_API_TOKEN", "t")
+    monkeypatch.setenv("BACKFILL_MEDIA_ROOT", str(tmp_path))
+
+    result = cli.invoke(app, args)
+
+    assert result.exit_code == 2
+    assert message in one_line_error(result.stderr)
+
+
+def test_run_with_a_missing_media_root_exits_2(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BACKFILL_API_TOKEN", "t")
+    monkeypatch.setenv("BACKFILL_MEDIA_ROOT", str(tmp_path / "nowhere"))
+
+    result = cli.invoke(app, ["run", "media-duration"])
+
+    assert result.exit_code == 2
+    assert "nowhere is not a directory" in one_line_error(result.stderr)
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_api_url")
+def test_run_with_a_reader_token_exits_2(
+    cli: CliRunner, client_env: LiveApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BACKFILL_API_TOKEN", client_env.reader_token)
+
+    result = cli.invoke(app, ["run", "media-duration"])
+
+    assert result.exit_code == 2
+    assert "403 Forbidden" in one_line_error(result.stderr)
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_api_url")
+def test_run_with_a_shard_outside_the_count_exits_2(cli: CliRunner, client_env: LiveApi) -> None:
+    result = cli.invoke(app, ["run", "media-duration", "--shard-index", "2", "--shard-count", "2"])
+
+    assert result.exit_code == 2
+    assert "shard_index must be less than shard_count" in one_line_error(result.stderr)
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_api_url")
+def test_run_fills_durations_and_prints_the_summary(
+    cli: CliRunner, client_env: LiveApi, media_root: Path
+) -> None:
+    for i in range(4):
+        write_wav(media_root / f"a/{i}.wav", frames=1000 * (i + 1), rate=8000)
+    assert cli.invoke(app, ["media", "register", str(media_root)]).exit_code == 0
+
+    result = cli.invoke(app, ["run", "media-duration", "--batch-size", "2"])
+
+    assert result.exit_code == 0, result.output
+    assert "media-duration: completed" in result.stdout
+    with BackfillClient(client_env.url, client_env.admin_token) as client:
+        durations = sorted(m.duration or 0 for m in client.list_media().items)
+    assert durations == [0.125, 0.25, 0.375, 0.5]
+
+    (media_root / "a/broken.wav").write_bytes(b"broken")
+    with BackfillClient(client_env.url, client_env.admin_token) as client:
+        client.register_media([MediaIn(uri="a/broken.wav", media_type="audio")])
+
+    failed = cli.invoke(app, ["run", "media-duration", "--max-failure-ratio", "0"])
+
+    assert failed.exit_code == 1
+    assert "media-duration: failed" in failed.stdout
+    assert "reason" in failed.stdout and "not an audio or video file" in failed.stdout
