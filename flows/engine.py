@@ -60,6 +60,8 @@ from flows.spec import (
 
 #: Longest failure text the ledger accepts.
 MAX_ERROR_CHARS = 4000
+#: Fewest records a run processes before the failure ratio may stop it early.
+MIN_SAMPLE = 20
 #: How many distinct errors the summary lists.
 TOP_ERRORS = 5
 
@@ -418,13 +420,19 @@ class _Run:
             failed=chunk.failed,
         )
         self.errors.update(chunk.errors)
-        if not self.halted and self._failure_ratio_exceeded(at_least=self.params.batch_size):
-            self.halted = True  # submit no more; the report gives the final ratio
-            self.logger.error("stopping early: %s", self._ratio_reason())
+        if not self.halted and self._failure_ratio_exceeded(at_least=self._sample()):
+            # Submit no more, and end Failed with this reason: chunks never submitted are not
+            # "completed", even if the final ratio happens to fall back under the limit.
+            self.halted = True
+            self._stop(self._ratio_reason())
         done = self.totals["processed"]
         progress = min(99.0, 100.0 * done / self.expected) if self.expected else 99.0
         update_progress_artifact(self.progress_id, progress=progress)
         self._notify()
+
+    def _sample(self) -> int:
+        """Records to see before stopping early on the ratio: one bad chunk of one is no trend."""
+        return max(self.params.batch_size, MIN_SAMPLE)
 
     def _failure_ratio_exceeded(self, *, at_least: int = 1) -> bool:
         processed = self.totals["processed"]
