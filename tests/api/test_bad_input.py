@@ -170,7 +170,7 @@ CATALOGUE = [
     Bad("items-object", "POST", DURATION, 422, ("valid list",), json={"items": {"record_id": 1}}),
     Bad("item-number", "POST", DURATION, 422, ("valid dictionary",), json={"items": [1]}),
     Bad("body-array", "POST", DURATION, 422, ("valid dictionary",), json=[{"record_id": 1}]),
-    Bad("body-null", "POST", DURATION, 422, ("valid dictionary",), content=b"null"),
+    Bad("body-null", "POST", DURATION, 422, ("body",), content=b"null"),
     Bad("id-string", "POST", DURATION, 422, ("valid integer", "record_id"), json=duration(record_id="1")),
     Bad("id-bool", "POST", DURATION, 422, ("valid integer", "record_id"), json=duration(record_id=True)),
     Bad("id-fraction", "POST", DURATION, 422, ("fractional part",), json=duration(record_id=1.5)),

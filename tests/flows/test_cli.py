@@ -109,7 +109,6 @@ def test_run_without_a_token_is_one_line_and_exit_2(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "snr-frequency"], "no flow for snr-frequency yet"),
         (["run", "file-hashing", "-p", "algorithm=md6"], "invalid parameters for file-hashing"),
         (["run", "file-hashing", "-p", "colour=blue"], "invalid parameters for file-hashing"),
         (["run", "file-hashing", "-p", "nonsense"], "--param takes KEY=VALUE"),
@@ -125,6 +124,23 @@ def test_run_usage_errors_exit_2(
 
     assert result.exit_code == 2
     assert message in one_line_error(result.stderr)
+
+
+def test_run_of_a_kind_without_a_flow_exits_2(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import flows.registry
+
+    monkeypatch.setenv("BACKFILL_API_TOKEN", "t")
+    monkeypatch.setenv("BACKFILL_MEDIA_ROOT", str(tmp_path))
+    registered = dict(flows.registry.FLOWS)
+    del registered[BackfillKind.SNR_FREQUENCY]
+    monkeypatch.setattr(flows.registry, "FLOWS", registered)
+
+    result = cli.invoke(app, ["run", "snr-frequency"])
+
+    assert result.exit_code == 2
+    assert "no flow for snr-frequency yet" in one_line_error(result.stderr)
 
 
 def test_run_with_a_missing_media_root_exits_2(
