@@ -38,7 +38,7 @@ pytestmark = [
 def test_custom_run_from_the_ui_form(
     prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
 ) -> None:
-    from playwright.sync_api import Locator, Page, sync_playwright
+    from playwright.sync_api import Locator, Page, expect, sync_playwright
 
     deploy_api.reset()
     deploy_api.register_files("ui", [100, 200, 300, 400, 500])
@@ -70,13 +70,19 @@ def test_custom_run_from_the_ui_form(
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run", exact=True).click()
             page.wait_for_url(re.compile(r".*/run\b.*"))
+            page.wait_for_load_state("networkidle")  # the form is built from the schema
 
             limit = field(page, "limit")
             limit.get_by_role("button", name="int", exact=True).click()
             limit.locator("input[type=number]").fill("3")
+            expect(limit.locator("input[type=number]")).to_have_value("3")
             dry_run = field(page, "dry_run").get_by_role("switch")
-            dry_run.click()
-            assert dry_run.get_attribute("aria-checked") == "true"
+            for _ in range(3):  # a click landing while the form re-renders can be lost
+                if dry_run.get_attribute("aria-checked") == "true":
+                    break
+                dry_run.click()
+                page.wait_for_timeout(300)
+            expect(dry_run).to_have_attribute("aria-checked", "true")
             for described in ("batch_size", "limit", "dry_run", "only_failed"):
                 assert field(page, described).locator(".schema-form-property__description")
 
