@@ -1,4 +1,8 @@
-"""The one error compute raises for a bad record."""
+"""The one error compute raises for a bad record, and the file check every reader shares."""
+
+import os
+import stat
+from pathlib import Path
 
 
 class MediaError(Exception):
@@ -7,3 +11,21 @@ class MediaError(Exception):
     The engine turns it into a per-record failure posted to the API; the chunk goes on.
     The message is the reason an operator reads, so make it one clear sentence.
     """
+
+
+def stat_regular_file(path: Path) -> os.stat_result:
+    """`path`'s stat, or MediaError if it is missing, unreadable, or not a regular file."""
+    name = path.name or str(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise MediaError(f"{name} does not exist") from None
+    except PermissionError:
+        raise MediaError(f"{name} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise MediaError(f"{name} could not be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise MediaError(f"{name} is a directory, not a media file")
+    if not stat.S_ISREG(info.st_mode):
+        raise MediaError(f"{name} is not a regular file")
+    return info

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from pathlib import Path
 from typing import Protocol
 
-from flows.compute.errors import MediaError
+from flows.compute.errors import MediaError, stat_regular_file
 
 #: Algorithms accepted (the wire contract's `HashAlgorithm` values).
 ALGORITHMS: frozenset[str] = frozenset({"md5", "sha1", "sha256", "blake2b"})
@@ -60,18 +59,7 @@ def hash_file(path: Path, algorithm: str = "sha256") -> str:
             f"unknown hash algorithm {algorithm!r}; expected one of {sorted(ALGORITHMS)}"
         )
     name = path.name or str(path)
-    try:
-        before = path.stat()
-    except FileNotFoundError:
-        raise MediaError(f"{name} does not exist") from None
-    except PermissionError:
-        raise MediaError(f"{name} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise MediaError(f"{name} could not be read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(before.st_mode):
-        raise MediaError(f"{name} is a directory, not a file")
-    if not stat.S_ISREG(before.st_mode):
-        raise MediaError(f"{name} is not a regular file")
+    before = stat_regular_file(path)
 
     hasher = _new_hasher(algo)
     buffer = bytearray(CHUNK_SIZE)

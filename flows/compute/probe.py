@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import stat
 import subprocess
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import soundfile as sf
 from pydantic import BaseModel, Field
 
 from api.schemas import MediaType
-from flows.compute.errors import MediaError
+from flows.compute.errors import MediaError, stat_regular_file
 
 #: Bytes read from the start of a file to recognise its container.
 HEAD_BYTES = 4096
@@ -64,20 +63,7 @@ def display_name(path: Path) -> str:
 
 def _regular_file_size(path: Path) -> int:
     """Size of `path`, or MediaError if it is missing, not a regular file, or unreadable."""
-    name = display_name(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise MediaError(f"{name} does not exist") from None
-    except PermissionError:
-        raise MediaError(f"{name} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise MediaError(f"{name} could not be read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise MediaError(f"{name} is a directory, not a media file")
-    if not stat.S_ISREG(info.st_mode):
-        raise MediaError(f"{name} is not a regular file")
-    return info.st_size
+    return stat_regular_file(path).st_size
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes:
