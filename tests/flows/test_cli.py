@@ -203,3 +203,19 @@ def test_run_fills_durations_and_prints_the_summary(
     assert failed.exit_code == 1
     assert "media-duration: failed" in failed.stdout
     assert "reason" in failed.stdout and "not an audio or video file" in failed.stdout
+
+
+def test_a_local_run_sends_no_heartbeats_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import get_current_settings, temporary_settings
+
+    from flows.cli import _local_run_settings
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    with temporary_settings(updates={"flows.heartbeat_frequency": 60}):
+        with _local_run_settings():
+            assert get_current_settings().flows.heartbeat_frequency is None
+        assert get_current_settings().flows.heartbeat_frequency == 60
+
+        monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+        with _local_run_settings():
+            assert get_current_settings().flows.heartbeat_frequency == 60
