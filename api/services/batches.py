@@ -48,9 +48,18 @@ class Outcome:
     rejected: list[Rejection] = field(default_factory=list)
     unchanged: list[int] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
+    #: Rejected for a value that will be wrong again next time: these go to the ledger.
+    invalid: list[FailureItem] = field(default_factory=list)
 
     def reject(self, record_id: int | None, reason: str) -> None:
+        """Refuse an item that may apply later (a conflict, a record not found)."""
         self.rejected.append(Rejection(record_id=record_id, reason=reason))
+
+    def reject_invalid(self, record_id: int, reason: str) -> None:
+        """Refuse a computed value for good: the record gets a failure-ledger attempt in the
+        same transaction, so it is quarantined like a bad file instead of sent every run."""
+        self.reject(record_id, reason)
+        self.invalid.append(FailureItem(record_id=record_id, error=reason))
 
     def done_ids(self) -> list[int]:
         """Records that now hold the values sent: changed or already equal."""
@@ -257,7 +266,7 @@ def _apply_fields(
             continue
         assert row is not None
         if check is not None and (reason := check(item, row)) is not None:
-            outcome.reject(rid, reason)
+            outcome.reject_invalid(rid, reason)
             continue
         values = {col: getattr(item, attr) for attr, col in fields.items()}
         if all(
@@ -270,6 +279,7 @@ def _apply_fields(
     if not dry_run:
         write_media(session, outcome.changes, utcnow())
         settle_failures(session, kind, outcome.done_ids())
+        record_invalid(session=session, kind=kind, outcome=outcome)
     return outcome.result(dry_run=dry_run)
 
 
@@ -351,13 +361,14 @@ def apply_version0(*, session: Session, batch: BatchRequest[Version0Result]) -> 
         key = uri_key(item.uri)
         owner = taken.get(key, claimed.get(key))
         if owner is not None and owner != rid:
-            outcome.reject(rid, f"uri {item.uri!r} is already used by record {owner}")
+            outcome.reject_invalid(rid, f"uri {item.uri!r} is already used by record {owner}")
             continue
         claimed[key] = rid
         outcome.changes.append({"id": rid, "uri_key": key, **values})
     if not batch.dry_run:
         write_media(session, outcome.changes, utcnow())
         settle_failures(session, kind, outcome.done_ids())
+        record_invalid(session=session, kind=kind, outcome=outcome)
     return outcome.result(dry_run=batch.dry_run)
 
 
@@ -365,14 +376,34 @@ def record_failures(
     *, session: Session, kind: BackfillKind, batch: BatchRequest[FailureItem]
 ) -> BatchResult:
     """Add one attempt per item to the ledger; a clip-compile failure also fails the project."""
-    from api.services.projects import fail_projects
-
     outcome = Outcome()
     kept = dedupe(batch.items, outcome)
-    ids = [i.record_id for i in kept]
+    _add_attempts(session=session, kind=kind, items=kept, dry_run=batch.dry_run, outcome=outcome)
+    return outcome.result(dry_run=batch.dry_run)
+
+
+def record_invalid(*, session: Session, kind: BackfillKind, outcome: Outcome) -> None:
+    """Ledger attempts for the values a batch refused for good (see `Outcome.reject_invalid`)."""
+    if outcome.invalid:
+        _add_attempts(session=session, kind=kind, items=outcome.invalid, dry_run=False)
+
+
+def _add_attempts(
+    *,
+    session: Session,
+    kind: BackfillKind,
+    items: Sequence[FailureItem],
+    dry_run: bool,
+    outcome: Outcome | None = None,
+) -> None:
+    """One more attempt per item (at most one item per record); refusals go to `outcome`."""
+    from api.services.projects import fail_projects
+
+    outcome = outcome if outcome is not None else Outcome()
+    ids = [i.record_id for i in items]
     refused: dict[int, str] = {}
     if kind is BackfillKind.CLIP_COMPILE:
-        refused = fail_projects(session=session, items=kept, dry_run=batch.dry_run)
+        refused = fail_projects(session=session, items=items, dry_run=dry_run)
     else:
         known = set(session.scalars(select(MEDIA.c.id).where(MEDIA.c.id.in_(ids))))
         refused = {i: "record not found" for i in ids if i not in known}
@@ -387,28 +418,28 @@ def record_failures(
     now = utcnow()
     new_rows: list[dict[str, Any]] = []
     bumps: list[dict[str, Any]] = []
-    for item in kept:
+    for item in items:
         if item.record_id in refused:
             outcome.reject(item.record_id, refused[item.record_id])
             continue
         row = {"record_id": item.record_id, "last_error": item.error, "updated_at": now}
         (bumps if item.record_id in ledger else new_rows).append(row)
         outcome.changes.append(row)
-    if not batch.dry_run:
-        if new_rows:
-            session.execute(insert(FAILURES), [{"kind": kind.value, **r} for r in new_rows])
-        if bumps:
-            session.execute(
-                FAILURES.update()
-                .where(FAILURES.c.kind == kind.value, FAILURES.c.record_id == bindparam("b_id"))
-                .values(
-                    attempts=FAILURES.c.attempts + 1,
-                    last_error=bindparam("b_error"),
-                    updated_at=now,
-                ),
-                [{"b_id": r["record_id"], "b_error": r["last_error"]} for r in bumps],
-            )
-    return outcome.result(dry_run=batch.dry_run)
+    if dry_run:
+        return
+    if new_rows:
+        session.execute(insert(FAILURES), [{"kind": kind.value, **r} for r in new_rows])
+    if bumps:
+        session.execute(
+            FAILURES.update()
+            .where(FAILURES.c.kind == kind.value, FAILURES.c.record_id == bindparam("b_id"))
+            .values(
+                attempts=FAILURES.c.attempts + 1,
+                last_error=bindparam("b_error"),
+                updated_at=now,
+            ),
+            [{"b_id": r["record_id"], "b_error": r["last_error"]} for r in bumps],
+        )
 
 
 __all__ = [
@@ -419,5 +450,6 @@ __all__ = [
     "apply_snr_frequency",
     "apply_version0",
     "record_failures",
+    "record_invalid",
     "run_batch",
 ]

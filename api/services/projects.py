@@ -24,7 +24,7 @@ from api.schemas import (
     TierIn,
     TierPublic,
 )
-from api.services.batches import Outcome, clear_failures, dedupe
+from api.services.batches import Outcome, clear_failures, dedupe, record_invalid
 
 #: The only moves `PUT /projects/{id}/status` allows; anything else is a 409.
 TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
@@ -250,7 +250,7 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         assert owner is not None and tier is not None
         remaining = remaining_render_seconds(session, owner.id, tier)  # type: ignore[arg-type]
         if item.render_seconds > remaining + 1e-6:
-            outcome.reject(
+            outcome.reject_invalid(
                 item.project_id,
                 f"render quota exceeded: {item.render_seconds:g} s needed, {remaining:g} s left",
             )
@@ -259,7 +259,9 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         media = session.scalars(select(Media).where(col(Media.uri_key) == key)).first()
         if media is not None and media.hash != item.hash:
             # Output names carry a content key: the same name with other bytes is another file.
-            outcome.reject(item.project_id, f"output_uri is already used by record {media.id}")
+            outcome.reject_invalid(
+                item.project_id, f"output_uri is already used by record {media.id}"
+            )
             continue
         outcome.changes.append({"id": item.project_id})
         if batch.dry_run:
@@ -297,6 +299,7 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         done.append(item.project_id)
     if not batch.dry_run:
         clear_failures(session, BackfillKind.CLIP_COMPILE, done + outcome.unchanged)
+        record_invalid(session=session, kind=BackfillKind.CLIP_COMPILE, outcome=outcome)
     return outcome.result(dry_run=batch.dry_run)
 
 

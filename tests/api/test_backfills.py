@@ -106,10 +106,19 @@ def test_snr_frequency_nyquist_rejected(client: httpx.Client) -> None:
     }
     assert client.post("/backfills/version-0", json={"items": [upgrade]}).json()["applied"] == 1
     too_high = {"record_id": legacy, "snr": 10.0, "frequency": 4500.0}
-    result = client.post("/backfills/snr-frequency", json={"items": [too_high]}).json()
-    assert result["applied"] == 0 and "Nyquist" in result["rejected"][0]["reason"]
+    dry = {"items": [too_high], "dry_run": True}
+    assert client.post("/backfills/snr-frequency", json=dry).json()["rejected"]
+    assert client.get("/backfills/snr-frequency/failures").json()["items"] == []
+    for attempt in (1, 2):
+        result = client.post("/backfills/snr-frequency", json={"items": [too_high]}).json()
+        assert result["applied"] == 0 and "Nyquist" in result["rejected"][0]["reason"]
+        # A value refused for good is a failure-ledger attempt, as a bad file is.
+        ledger = client.get("/backfills/snr-frequency/failures").json()["items"]
+        assert [(f["record_id"], f["attempts"]) for f in ledger] == [(legacy, attempt)]
+        assert "Nyquist" in ledger[0]["last_error"]
     ok = {"record_id": legacy, "snr": 10.0, "frequency": 440.0}
     assert client.post("/backfills/snr-frequency", json={"items": [ok]}).json()["applied"] == 1
+    assert client.get("/backfills/snr-frequency/failures").json()["items"] == []
     for bad in [{"snr": 1e9}, {"frequency": 0}, {"frequency": -5}, {"snr": "NaN"}]:
         body = {"items": [ok | bad]}
         assert client.post("/backfills/snr-frequency", json=body).status_code == 422

@@ -111,11 +111,22 @@ def test_clip_compile_counts_usage_once(client: httpx.Client, database_url: str)
     assert coverage(client, "clip-compile")["done"] == 1
 
 
-def test_clip_compile_quota_and_failure(client: httpx.Client) -> None:
+def test_clip_compile_over_quota_fails_the_project_in_the_ledger(client: httpx.Client) -> None:
     client.put("/tiers/tiny", json={"max_clips": 2, "max_height": 240, "monthly_render_seconds": 5})
     pid, _ = make_project(client, tier="tiny")
     over = client.post("/backfills/clip-compile", json={"items": [result(pid)]}).json()
-    assert "quota" in over["rejected"][0]["reason"]
+    assert over["applied"] == 0 and "quota" in over["rejected"][0]["reason"]
+    project = client.get(f"/projects/{pid}").json()
+    assert project["status"] == "failed" and project["reason"] == over["rejected"][0]["reason"]
+    ledger = client.get("/backfills/clip-compile/failures").json()["items"]
+    assert [(f["record_id"], f["attempts"]) for f in ledger] == [(pid, 1)]
+    assert client.get("/backfills/clip-compile/pending").json()["items"] == []
+    failed = client.get("/backfills/clip-compile/pending", params={"only_failed": True}).json()
+    assert [i["record_id"] for i in failed["items"]] == [pid]
+
+
+def test_clip_compile_failure_fails_the_project(client: httpx.Client) -> None:
+    pid, _ = make_project(client)
     fail = {"items": [{"record_id": pid, "error": "clip 2 is missing"}]}
     assert client.post("/backfills/clip-compile/failures", json=fail).json()["applied"] == 1
     project = client.get(f"/projects/{pid}").json()
