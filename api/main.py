@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
 from api.core.config import Settings, get_settings
-from api.core.db import engine_for
+from api.core.db import engine_for, read_only
 from api.metrics import Metrics
 from api.routes import api_router
 from api.services.batches import IdempotencyConflict
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine_for(settings.DATABASE_URL)
+    app.state.read_engine = read_only(app.state.engine)
     app.include_router(api_router, prefix=API_PREFIX)
     app.state.metrics = Metrics()
     app.state.metrics.instrument(app)

@@ -26,9 +26,23 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Every transaction takes the write lock up front: read-then-write batches are then
-        # serialised instead of failing with "database is locked" on lock upgrade.
+        if conn.get_execution_options().get(READ_ONLY):
+            # A snapshot for reads: in WAL mode a reader neither waits for nor blocks writers.
+            conn.exec_driver_sql("BEGIN")
+            return
+        # Every other transaction takes the write lock up front: read-then-write batches are
+        # then serialised instead of failing with "database is locked" on lock upgrade.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: Execution option of an engine whose transactions only read (see `read_only`).
+READ_ONLY = "backfill_read_only"
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine and pool for transactions that only read: on SQLite they skip the write
+    lock (BEGIN instead of BEGIN IMMEDIATE); on PostgreSQL nothing changes."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:

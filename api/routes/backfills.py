@@ -5,7 +5,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, BatchDep, Caller, SessionDep, SettingsDep, errors, known_query
+from api.deps import (
+    Admin,
+    BatchDep,
+    Caller,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    errors,
+    known_query,
+)
 from api.schemas import (
     MAX_PAGE_LIMIT,
     BackfillKind,
@@ -56,7 +65,7 @@ def parse_kind(kind: str) -> BackfillKind:
 
 
 @router.get("")
-def read_coverage(session: SessionDep, _caller: Caller, settings: SettingsDep) -> Coverage:
+def read_coverage(session: ReadSessionDep, _caller: Caller, settings: SettingsDep) -> Coverage:
     """Each kind: total, done, pending, failed, quarantined."""
     return coverage(
         session=session,
@@ -81,7 +90,7 @@ def read_coverage(session: SessionDep, _caller: Caller, settings: SettingsDep) -
     ],
 )
 def read_pending(
-    session: SessionDep,
+    session: ReadSessionDep,
     _caller: Admin,
     settings: SettingsDep,
     kind: KindPath,
@@ -124,7 +133,7 @@ def read_pending(
     dependencies=[known_query("after_id", "limit", "quarantined_only")],
 )
 def read_failures(
-    session: SessionDep,
+    session: ReadSessionDep,
     _caller: Caller,
     settings: SettingsDep,
     kind: KindPath,

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import Admin, BatchDep, Caller, SessionDep, errors, known_query
+from api.deps import Admin, BatchDep, Caller, ReadSessionDep, SessionDep, errors, known_query
 from api.models import Media
 from api.schemas import (
     MAX_PAGE_LIMIT,
@@ -39,7 +39,7 @@ def create_media(
 
 @router.get("", dependencies=[known_query("after_id", "limit", "media_type", "schema_version")])
 def read_media_page(
-    session: SessionDep,
+    session: ReadSessionDep,
     _caller: Caller,
     after_id: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = 100,
@@ -58,7 +58,7 @@ def read_media_page(
 
 @router.get("/{media_id}", responses=errors(404))
 def read_media(
-    session: SessionDep, _caller: Caller, media_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
+    session: ReadSessionDep, _caller: Caller, media_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
 ) -> MediaPublic:
     """One record with every field."""
     media = session.get(Media, media_id)

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import Admin, Caller, SessionDep, SettingsDep, errors
+from api.deps import Admin, Caller, ReadSessionDep, SessionDep, SettingsDep, errors
 from api.schemas import (
     CompilationContext,
     Name,
@@ -37,7 +37,7 @@ def create_project(session: SessionDep, _caller: Admin, body: ProjectCreate) -> 
 
 
 @router.get("/projects/{project_id}", responses=errors(404))
-def read_project(session: SessionDep, _caller: Caller, project_id: ProjectId) -> ProjectPublic:
+def read_project(session: ReadSessionDep, _caller: Caller, project_id: ProjectId) -> ProjectPublic:
     """The project: status, reason when failed, output media and thumbnail."""
     return svc.project_public(session, svc.get_project(session=session, project_id=project_id))
 
@@ -63,7 +63,7 @@ def update_project_status(
 
 @router.get("/projects/{project_id}/compilation-context", responses=errors(403, 404))
 def read_compilation_context(
-    session: SessionDep, _caller: Admin, project_id: ProjectId
+    session: ReadSessionDep, _caller: Admin, project_id: ProjectId
 ) -> CompilationContext:
     """Project, ordered clips with their media, extras, tier limits, remaining quota."""
     return svc.compilation_context(session=session, project_id=project_id)

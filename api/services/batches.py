@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -167,22 +170,38 @@ def dedupe(items: Sequence[Any], outcome: Outcome, *, key: str = "record_id") ->
     return kept
 
 
-def lock_media(session: Session, ids: Iterable[int], *columns: str) -> dict[int, Row[Any]]:
+def lock_media(session: Session, ids: Iterable[int], *columns: str) -> dict[int, Any]:
     """Current values of the given media rows, locked for update (id order: no deadlocks).
 
-    Raw driver SQL: the ids are validated ints, and SQLAlchemy's expanding IN cost more per
-    batch than the query itself.
+    Each row is a named tuple (`id`, `revision`, `schema_version`, then `columns`). Raw
+    driver SQL on the transaction's own cursor: the ids are validated ints, and SQLAlchemy's
+    expanding IN and its Row objects cost more per batch than the query itself.
     """
     id_list = sorted(set(ids))
     if not id_list:
         return {}
     conn = session.connection()
     mark = _mark(conn)
-    names = ", ".join(("id", "revision", "schema_version", *(MEDIA.c[c].name for c in columns)))
-    sql = f"SELECT {names} FROM media WHERE id IN ({', '.join([mark] * len(id_list))}) ORDER BY id"
+    names = ("id", "revision", "schema_version", *(MEDIA.c[c].name for c in columns))
+    sql = (
+        f"SELECT {', '.join(names)} FROM media "
+        f"WHERE id IN ({', '.join([mark] * len(id_list))}) ORDER BY id"
+    )
     if conn.dialect.name == "postgresql":
         sql += " FOR UPDATE"
-    return {row.id: row for row in conn.exec_driver_sql(sql, tuple(id_list))}
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, tuple(id_list))
+        fetched = cursor.fetchall()
+    finally:
+        cursor.close()
+    make = _media_row(names)._make
+    return {values[0]: make(values) for values in fetched}
+
+
+@lru_cache(maxsize=64)
+def _media_row(names: tuple[str, ...]) -> Any:
+    return namedtuple("MediaRow", names)  # noqa: PYI024
 
 
 def _mark(conn: Connection) -> str:
@@ -200,7 +219,9 @@ def write_media(session: Session, changes: list[dict[str, Any]], now: datetime) 
     conn = session.connection()
     mark = _mark(conn)
     columns = [name for name in changes[0] if name != "id"]
-    to_db = MEDIA.c.updated_at.type.bind_processor(conn.dialect)
+    # The dialect's own conversion (SQLite: the same text the ORM stores), done once, not
+    # once per row by the driver's adapter.
+    to_db = MEDIA.c.updated_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     stamp = to_db(now) if to_db else now
     assignments = ", ".join(f"{MEDIA.c[c].name} = {mark}" for c in columns)
     sql = (
@@ -235,7 +256,18 @@ def same(a: float | None, b: float) -> bool:
     return a is not None and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
 
 
-def _check_current(row: Row[Any] | None, rid: int, outcome: Outcome) -> bool:
+def _equal(stored: Any, sent: Any) -> bool:
+    """A stored value equals the one sent (floats within a relative 1e-12)."""
+    return same(stored, sent) if isinstance(sent, float) else bool(stored == sent)
+
+
+def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """Read these attributes as one tuple, at C speed (`attrgetter`)."""
+    get = attrgetter(*names)
+    return get if len(names) > 1 else lambda obj: (get(obj),)
+
+
+def _check_current(row: Any, rid: int, outcome: Outcome) -> bool:
     if row is None:
         outcome.reject(rid, "record not found")
         return False
@@ -252,13 +284,15 @@ def _apply_fields(
     items: Sequence[BaseModel],
     dry_run: bool,
     fields: dict[str, str],
-    check: Callable[[Any, Row[Any]], str | None] | None = None,
+    check: Callable[[Any, Any], str | None] | None = None,
 ) -> BatchResult:
     """Apply items that set plain media columns: `fields` maps item attribute -> column."""
     outcome = Outcome()
     kept = dedupe(items, outcome)
-    extra = list(fields.values()) + (["sample_rate"] if check is not None else [])
+    columns = list(fields.values())
+    extra = columns + (["sample_rate"] if check is not None else [])
     rows = lock_media(session, (i.record_id for i in kept), *extra)
+    sent_values, stored_values = _tuple_getter(list(fields)), _tuple_getter(columns)
     for item in kept:
         rid = item.record_id
         row = rows.get(rid)
@@ -268,14 +302,11 @@ def _apply_fields(
         if check is not None and (reason := check(item, row)) is not None:
             outcome.reject_invalid(rid, reason)
             continue
-        values = {col: getattr(item, attr) for attr, col in fields.items()}
-        if all(
-            same(getattr(row, col), v) if isinstance(v, float) else getattr(row, col) == v
-            for col, v in values.items()
-        ):
+        sent, stored = sent_values(item), stored_values(row)
+        if sent == stored or all(map(_equal, stored, sent)):
             outcome.unchanged.append(rid)
         else:
-            outcome.changes.append({"id": rid, **values})
+            outcome.changes.append({"id": rid, **dict(zip(columns, sent, strict=True))})
     if not dry_run:
         write_media(session, outcome.changes, utcnow())
         settle_failures(session, kind, outcome.done_ids())
@@ -303,7 +334,7 @@ def apply_hashes(*, session: Session, batch: BatchRequest[HashResult]) -> BatchR
     )
 
 
-def _check_nyquist(item: SnrFrequencyResult, row: Row[Any]) -> str | None:
+def _check_nyquist(item: SnrFrequencyResult, row: Any) -> str | None:
     if row.sample_rate and item.frequency > row.sample_rate / 2:
         return (
             f"frequency {item.frequency:g} Hz is above the Nyquist limit "
