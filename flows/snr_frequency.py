@@ -3,7 +3,8 @@ file's audio (a video's audio track; a file without audio is a per-record failur
 
 The analysis is CPU-bound numpy that holds the GIL for much of its time, so it runs on a
 spawned process pool, one worker per core by default, each warmed once (`warm_up`: FFT
-plans, windows, soundfile's library) before its first file.
+plans, windows, soundfile's library) before its first file. The spec and its compute live
+in `flows.snr_spec`, which workers import without Prefect.
 
 uv run backfill run snr-frequency --dry-run
 uv run python -m flows.snr_frequency       # the same, with defaults
@@ -17,16 +18,14 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from api.schemas import BackfillKind, MediaType, SnrFrequencyResult
-from flows.compute.audio import analyse_audio, warm_up
+from api.schemas import BackfillKind, MediaType
 from flows.engine import BackfillReport, chunk_task_runner, run_backfill
+from flows.snr_spec import SNR_FREQUENCY
 from flows.spec import (
     MAX_CONCURRENCY,
-    Backfill,
     BackfillParams,
     BatchSize,
     Concurrency,
-    Job,
     Limit,
     Ratio,
     ShardCount,
@@ -34,23 +33,6 @@ from flows.spec import (
 )
 
 Workers = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
-
-
-def compute_snr_frequency(job: Job[BackfillParams]) -> SnrFrequencyResult:
-    """Analyse one file's audio (CPU bound: runs in a worker process)."""
-    analysis = analyse_audio(job.file)
-    return SnrFrequencyResult(
-        record_id=job.item.record_id, snr=analysis.snr, frequency=analysis.frequency
-    )
-
-
-SNR_FREQUENCY = Backfill(
-    kind=BackfillKind.SNR_FREQUENCY,
-    result_model=SnrFrequencyResult,
-    compute=compute_snr_frequency,
-    executor="process",
-    warmup=warm_up,
-)
 
 
 @flow(name=BackfillKind.SNR_FREQUENCY.value, task_runner=chunk_task_runner(), retries=0)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ from flows.client import BackfillClient
 from flows.compute.audio import warm_up
 from flows.corpus import load_manifest, make_sample_corpus, write_tone, write_video
 from flows.settings import ClientSettings
-from flows.snr_frequency import SNR_FREQUENCY, snr_frequency
+from flows.snr_frequency import snr_frequency
+from flows.snr_spec import SNR_FREQUENCY
 from flows.spec import BackfillParams, ItemOutcome, Job, run_item
 from flows.version_migration import version_migration
 from tests.conftest import LiveApi
@@ -79,6 +82,18 @@ def test_spec_runs_on_warmed_worker_processes() -> None:
     assert SNR_FREQUENCY.executor == "process" and SNR_FREQUENCY.warmup is warm_up
     # spawned workers receive the spec by pickling (its callables by reference)
     assert pickle.loads(pickle.dumps(SNR_FREQUENCY)) == SNR_FREQUENCY
+
+
+def test_a_worker_unpickles_the_spec_without_importing_prefect() -> None:
+    payload = pickle.dumps((run_item, SNR_FREQUENCY))
+    code = (
+        "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
+        "print(sorted(m for m in ('prefect', 'sqlalchemy', 'sqlmodel') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=payload, capture_output=True, check=True, timeout=60
+    )
+    assert done.stdout.decode().strip() == "[]", done.stderr.decode()
 
 
 # --- End to end -----------------------------------------------------------------------------
