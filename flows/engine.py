@@ -9,10 +9,10 @@ its `@flow`. The run then:
    items); each computes its items on the run's compute pool (threads, or spawned
    processes warmed once each), turns a bad item into a per-record failure, posts the
    results, then the failures, and returns counts;
-3. moves a progress artifact as chunks finish, ends with a table artifact (stable key per
-   kind), returns a `BackfillReport`, and raises `BackfillFailed` (the flow run ends
-   Failed) when a chunk still fails after the client's retries or failures pass
-   `max_failure_ratio`.
+3. moves a progress artifact as chunks finish (at most once a second), ends with a table
+   artifact (stable key per kind), returns a `BackfillReport`, and raises `BackfillFailed`
+   (the flow run ends Failed) when a chunk still fails after the client's retries or
+   failures pass `max_failure_ratio`.
 
 Retries are the client's (see flows.client); chunk tasks have `retries=0`, so a failed POST
 never recomputes a chunk and no error is retried twice over. A rerun, or a Retry of the
@@ -64,6 +64,9 @@ MAX_ERROR_CHARS = 4000
 MIN_SAMPLE = 20
 #: How many distinct errors the summary lists.
 TOP_ERRORS = 5
+#: Least seconds between two moves of the progress artifact (each is a call to Prefect's API
+#: from the flow's loop; a run of many small chunks spent more time on them than on work).
+PROGRESS_INTERVAL = 1.0
 
 
 # --- Reports -------------------------------------------------------------------------------
@@ -326,6 +329,7 @@ class _Run:
         self.halted = False
         self.expected: int | None = None
         self.progress_id: Any = None
+        self.progress_at = time.monotonic()
 
     def execute(self) -> BackfillReport:
         started = time.perf_counter()
@@ -425,9 +429,12 @@ class _Run:
             # "completed", even if the final ratio happens to fall back under the limit.
             self.halted = True
             self._stop(self._ratio_reason())
-        done = self.totals["processed"]
-        progress = min(99.0, 100.0 * done / self.expected) if self.expected else 99.0
-        update_progress_artifact(self.progress_id, progress=progress)
+        now = time.monotonic()
+        if now - self.progress_at >= PROGRESS_INTERVAL:  # a round trip to Prefect each time
+            self.progress_at = now
+            done = self.totals["processed"]
+            progress = min(99.0, 100.0 * done / self.expected) if self.expected else 99.0
+            update_progress_artifact(self.progress_id, progress=progress)
         self._notify()
 
     def _sample(self) -> int:
