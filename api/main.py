@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +16,10 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,8 +28,9 @@ from api import __version__
 from api.core.config import Settings, get_settings
 from api.core.db import engine_for, read_only
 from api.metrics import Metrics
+from api.models import utcnow
 from api.routes import api_router
-from api.services.batches import IdempotencyConflict
+from api.services.batches import IdempotencyConflict, purge_idempotency_keys
 from api.services.projects import Conflict, NotFound
 
 API_PREFIX = "/api/v1"
@@ -79,9 +87,50 @@ def _operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
+#: Seconds between two purges of expired idempotency keys.
+PURGE_INTERVAL = 3600.0
+
+
+def purge_expired_keys(engine: Engine, hours: float) -> int:
+    """Delete idempotency keys older than `hours`; returns how many."""
+    with Session(engine) as session:
+        return purge_idempotency_keys(session=session, older_than=utcnow() - timedelta(hours=hours))
+
+
+async def _purge_keys_forever(app: FastAPI) -> None:
+    """Keep the idempotency table to its window: purge at start-up, then hourly."""
+    settings: Settings = app.state.settings
+    while True:
+        try:
+            purged = await run_in_threadpool(
+                purge_expired_keys, app.state.engine, settings.IDEMPOTENCY_KEY_HOURS
+            )
+            if purged:
+                log.info(
+                    "purged %d idempotency keys older than %g h",
+                    purged,
+                    settings.IDEMPOTENCY_KEY_HOURS,
+                )
+        except OperationalError as exc:  # the database is away: try again next time
+            log.warning("idempotency key purge failed: %s", type(exc.orig).__name__)
+        await asyncio.sleep(PURGE_INTERVAL)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    purger = asyncio.create_task(_purge_keys_forever(app))
+    try:
+        yield
+    finally:
+        purger.cancel()
+        with suppress(asyncio.CancelledError):
+            await purger
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
+        lifespan=_lifespan,
         title="corpus-backfills API",
         version=__version__,
         description="Owns the corpus database; every backfill write comes through here.",

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     )
     LOG_JSON: bool = Field(default=False, description="Log JSON lines instead of text.")
     DB_POOL_SIZE: int = Field(default=10, ge=1)
+    IDEMPOTENCY_KEY_HOURS: float = Field(
+        default=168.0,
+        gt=0,
+        description="How long a batch's Idempotency-Key (and its stored response) is kept; "
+        "a replay within it changes nothing. Older keys are purged hourly.",
+    )
 
 
 @lru_cache

@@ -142,6 +142,14 @@ def run_batch(
     return result
 
 
+def purge_idempotency_keys(*, session: Session, older_than: datetime) -> int:
+    """Forget keys created before `older_than`; returns how many went."""
+    table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+    result = session.execute(delete(table).where(table.c.created_at < older_than))
+    session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _stored_response(
     session: Session, key: str, fingerprint: str, result_type: type[ResultT]
 ) -> ResultT | None:
@@ -481,6 +489,7 @@ __all__ = [
     "apply_snr_frequency",
     "apply_version0",
     "record_failures",
+    "purge_idempotency_keys",
     "record_invalid",
     "run_batch",
 ]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from api.core.config import Settings
 from tests.api.utils import coverage, register
 
 
@@ -203,6 +206,48 @@ def test_idempotent_replay_and_key_misuse(client: httpx.Client) -> None:
     cross = client.post("/backfills/file-hashing/failures", json={"items": []}, headers=headers)
     assert cross.status_code == 409
     assert client.get(f"/media/{ids[1]}").json()["duration"] is None
+
+
+def test_idempotency_keys_are_kept_for_their_window_then_purged(
+    client: httpx.Client, database_url: str, app_settings: Settings
+) -> None:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from api.core.db import engine_for
+    from api.main import create_app, purge_expired_keys
+
+    ids = register(client, 1)
+    body = {"items": [{"record_id": ids[0], "duration": 1.0}]}
+    for key in ("old", "new"):
+        sent = client.post("/backfills/media-duration", json=body, headers={"Idempotency-Key": key})
+        assert sent.status_code == 200
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE idempotency_keys SET created_at = :t WHERE key = 'old'"),
+            {"t": datetime(2000, 1, 1, tzinfo=UTC)},
+        )
+
+    def keys() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.execute(text("SELECT key FROM idempotency_keys")).scalars())
+
+    # The server purges at start-up (then hourly), in the background.
+    with TestClient(create_app(app_settings.model_copy(update={"IDEMPOTENCY_KEY_HOURS": 1}))):
+        deadline = time.monotonic() + 10
+        while keys() != ["new"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert keys() == ["new"]
+    assert purge_expired_keys(engine, hours=1) == 0
+    # A forgotten key is a new request: other values under it apply, not a 409.
+    other = {"items": [{"record_id": ids[0], "duration": 2.0}]}
+    again = client.post("/backfills/media-duration", json=other, headers={"Idempotency-Key": "old"})
+    assert again.json()["applied"] == 1
+    misuse = client.post(
+        "/backfills/media-duration", json=other, headers={"Idempotency-Key": "new"}
+    )
+    assert misuse.status_code == 409
 
 
 def test_audit_row_per_batch(client: httpx.Client, database_url: str) -> None:
