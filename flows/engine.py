@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -167,7 +169,12 @@ def progress_listener(listener: ProgressListener) -> Iterator[None]:
 
 
 class ChunkRunner:
-    """What every chunk of one run shares: the spec, parameters, client and compute pool."""
+    """What every chunk of one run shares: the spec, parameters, client and compute pool.
+
+    Sent to another process (a Dask worker) it travels as the spec, the parameters and the
+    client's identity only: the worker builds its own settings (from its environment: its
+    token, its media root), client and pool, once per process and run.
+    """
 
     def __init__(
         self,
@@ -175,7 +182,7 @@ class ChunkRunner:
         params: BackfillParams,
         settings: ClientSettings,
         client: BackfillClient,
-        pool: Executor,
+        pool: Executor | None,
     ) -> None:
         self.spec = spec
         self.params = params
@@ -183,9 +190,25 @@ class ChunkRunner:
         self.client = client
         self.pool = pool
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "params": self.params,
+            "client_class": type(self.client),
+            "flow_run_id": self.client.flow_run_id,
+            "idempotency_scope": self.client.idempotency_scope,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.spec, self.params = state["spec"], state["params"]
+        self.settings, self.client, self.pool = _worker_resources(
+            self.spec, state["client_class"], state["flow_run_id"], state["idempotency_scope"]
+        )
+
     def compute(self, items: list[PendingItem]) -> list[ItemOutcome]:
         """Every item of the chunk, in parallel on the run's pool, in order."""
-        threads = self.spec.executor == "thread"
+        assert self.pool is not None, "a run on a remote task runner computes remotely"
+        threads = not isinstance(self.pool, ProcessPoolExecutor)
         client = self.client if threads else None
         jobs = [Job(item, self.params, self.settings, client=client) for item in items]
         # Processes get items in slices: one round trip per slice, not per item.
@@ -223,6 +246,32 @@ class ChunkRunner:
         )
 
 
+_worker_cache: dict[tuple[str, str], tuple[ClientSettings, BackfillClient, Executor]] = {}
+_worker_lock = threading.Lock()
+
+
+def _worker_resources(
+    spec: Backfill[Any, Any],
+    client_class: type[BackfillClient],
+    flow_run_id: str | None,
+    idempotency_scope: str,
+) -> tuple[ClientSettings, BackfillClient, Executor]:
+    """Settings, client and compute threads of this worker process for one run's chunks.
+
+    Threads even for a "process" kind: the Dask worker processes are the parallelism there
+    (and a daemonic worker may not start processes of its own)."""
+    key = (spec.kind.value, idempotency_scope)
+    with _worker_lock:
+        if key not in _worker_cache:
+            settings = load_settings()
+            client = client_class.from_settings(
+                settings, flow_run_id=flow_run_id, idempotency_scope=idempotency_scope
+            )
+            pool = ThreadPoolExecutor(compute_workers(spec), thread_name_prefix=spec.kind.value)
+            _worker_cache[key] = (settings, client, pool)
+        return _worker_cache[key]
+
+
 def _pattern(error: str, uri: str | None) -> str:
     """An error with its record's uri blanked, so equal causes count together."""
     return error.replace(uri, "<uri>") if uri else error
@@ -257,8 +306,26 @@ def process_chunk(runner: ChunkRunner, items: list[PendingItem]) -> ChunkReport:
 
 
 def chunk_task_runner() -> TaskRunner[PrefectFuture[Any]]:
-    """The task runner every backfill flow uses: chunk tasks wait on I/O and on the pool."""
-    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY)
+    """The task runner of every backfill flow, chosen by `BACKFILL_TASK_RUNNER` when the flow
+    module is imported.
+
+    - `thread` (default): chunk tasks on threads of the flow's process; they wait on I/O and
+      on the run's compute pool (threads, or processes for CPU-bound kinds).
+    - `dask`: chunk tasks on a Dask cluster, `BACKFILL_DASK_ADDRESS` (e.g.
+      `tcp://scheduler:8786`), or a local cluster per run when that is empty. Each Dask
+      worker needs the checkout, the media and its own `BACKFILL_*` client settings.
+    """
+    choice = (os.environ.get("BACKFILL_TASK_RUNNER") or "thread").strip().lower()
+    runner: TaskRunner[Any]
+    if choice == "thread":
+        runner = ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY)
+    elif choice == "dask":
+        from prefect_dask.task_runners import DaskTaskRunner
+
+        address = os.environ.get("BACKFILL_DASK_ADDRESS") or None
+        runner = DaskTaskRunner(address=address)
+    else:
+        raise ConfigError(f"BACKFILL_TASK_RUNNER must be 'thread' or 'dask', not {choice!r}")
     return cast(TaskRunner[PrefectFuture[Any]], runner)  # Prefect's own flows.py casts alike
 
 
@@ -300,7 +367,10 @@ def run_backfill(
             client = stack.enter_context(
                 BackfillClient.from_settings(settings, logger=get_run_logger())
             )
-        pool = stack.enter_context(compute_pool(spec))
+        # Chunks on a remote task runner (Dask) compute where they run: no pool here.
+        context = FlowRunContext.get()
+        local = context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
+        pool = stack.enter_context(compute_pool(spec)) if local else None
         runner = ChunkRunner(spec, params, settings, client, pool)
         report = _Run(runner).execute()
     create_table_artifact(
