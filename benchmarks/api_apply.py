@@ -28,6 +28,7 @@ from api.core.db import make_engine
 from api.migrate import upgrade
 from api.models import Media, uri_key, utcnow
 from api.services.tokens import create_token
+from benchmarks.hashing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = Media.__table__  # type: ignore[attr-defined]
@@ -118,6 +119,32 @@ def direct(url: str, ids: list[int], batch: int, value: float) -> float:
     return elapsed
 
 
+def measure(url: str | None = None, rows: int = 100_000, batch: int = 1000) -> dict[str, float]:
+    """rows/s through the API and straight into the database at `url` (default: a temp SQLite
+    file), and their ratio. The database is migrated and its media table emptied."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = url or f"sqlite:///{tmp}/bench.db"
+        upgrade(url)
+        token = create_token(name=f"bench-{time.time_ns()}", role="admin", database_url=url)
+        ids = seed(url, rows)
+        port = free_port()
+        proc = serve(url, port, Path(tmp) / "api.log")
+        try:
+            via_api(f"http://127.0.0.1:{port}", token, ids[:batch], batch, 0.5)  # warm
+            api_s = via_api(f"http://127.0.0.1:{port}", token, ids, batch, 1.0)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        direct_s = direct(url, ids, batch, 2.0)
+    return {
+        "rows": float(rows),
+        "batch": float(batch),
+        "api_rows_per_s": rows / api_s,
+        "direct_rows_per_s": rows / direct_s,
+        "ratio": direct_s / api_s,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="default: a SQLite file in a temp dir")
@@ -126,29 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite:///{tmp}/bench.db"
-        upgrade(url)
-        token = create_token(name=f"bench-{time.time_ns()}", role="admin", database_url=url)
-        ids = seed(url, args.rows)
-        from tests.conftest import free_port
-
-        port = free_port()
-        proc = serve(url, port, Path(tmp) / "api.log")
-        try:
-            via_api(f"http://127.0.0.1:{port}", token, ids[: args.batch], args.batch, 0.5)  # warm
-            api_s = via_api(f"http://127.0.0.1:{port}", token, ids, args.batch, 1.0)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-        direct_s = direct(url, ids, args.batch, 2.0)
-    figures = {
-        "rows": float(args.rows),
-        "api_rows_per_s": args.rows / api_s,
-        "direct_rows_per_s": args.rows / direct_s,
-        "ratio": direct_s / api_s,
-    }
-    backend = url.split(":", 1)[0]
+    figures = measure(args.database_url, args.rows, args.batch)
+    backend = (args.database_url or "sqlite").split(":", 1)[0]
     if args.json:
         print(json.dumps({"backend": backend, **figures}))
     else:

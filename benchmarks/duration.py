@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from math import nan
 from pathlib import Path
 
 from benchmarks.hashing import local_api, prefect_server, run_cli, table_value
@@ -61,6 +63,44 @@ def time_run(
     return seconds, table_value(stdout, "records/s")
 
 
+def measure(
+    workdir: Path,
+    files: int = 2000,
+    repeat: int = 2,
+    prefect_url: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """records/s of `backfill run media-duration` over `files` and 3x as many WAVs: marginal,
+    in-run and with start-up. Starts its own Prefect server unless given `prefect_url`."""
+    media_root = workdir / "media"
+    everything = make_wavs(media_root / "wav", 3 * files)
+    paths = sorted(everything)
+    walls, in_runs = [], []
+    with ExitStack() as stack:
+        if prefect_url is None:
+            prefect_url = stack.enter_context(prefect_server(workdir))
+        time_run({paths[0]: everything[paths[0]]}, media_root, workdir, prefect_url)  # warm-up
+        for count in (files, 3 * files):
+            subset = {p: everything[p] for p in paths[:count]}
+            runs = [time_run(subset, media_root, workdir, prefect_url) for _ in range(repeat)]
+            wall = min(s for s, _ in runs)
+            in_run = max(r for _, r in runs)
+            walls.append(wall)
+            in_runs.append(in_run)
+            log(
+                f"{count:6d} files: wall {wall:6.2f} s = {count / wall:7.0f} records/s "
+                f"with start-up; in-run {in_run:7.0f} records/s"
+            )
+    marginal = 2 * files / (walls[1] - walls[0]) if walls[1] > walls[0] else nan
+    return {
+        "files": float(files),
+        "marginal_records_per_s": marginal,
+        "in_run_records_per_s": in_runs[1],
+        "wall_records_per_s": 3 * files / walls[1],
+        "fixed_s": walls[0] - files / marginal,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/backfill-bench"))
@@ -68,27 +108,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=2, help="Best of this many runs.")
     args = parser.parse_args(argv)
 
-    workdir: Path = args.dir
-    media_root = workdir / "media"
-    everything = make_wavs(media_root / "wav", 3 * args.files)
-    paths = sorted(everything)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    results = []
-    with prefect_server(workdir) as prefect_url:
-        time_run({paths[0]: everything[paths[0]]}, media_root, workdir, prefect_url)  # warm-up
-        for count in (args.files, 3 * args.files):
-            subset = {p: everything[p] for p in paths[:count]}
-            runs = [time_run(subset, media_root, workdir, prefect_url) for _ in range(args.repeat)]
-            wall = min(s for s, _ in runs)
-            in_run = max(r for _, r in runs)
-            results.append(wall)
-            print(
-                f"{count:6d} files: wall {wall:6.2f} s = {count / wall:7.0f} records/s "
-                f"with start-up; in-run {in_run:7.0f} records/s"
-            )
-    marginal = 2 * args.files / (results[1] - results[0])
+    f = measure(args.dir, args.files, args.repeat)
+    marginal = f["marginal_records_per_s"]
     print(f"marginal records/s ({args.files} -> {3 * args.files} files): {marginal:7.0f}")
-    print(f"fixed start-up cost: {results[0] - args.files / marginal:.2f} s")
+    print(f"fixed start-up cost: {f['fixed_s']:.2f} s")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

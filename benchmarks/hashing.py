@@ -30,9 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from math import nan
 from pathlib import Path
 
 import httpx
@@ -254,6 +255,68 @@ def flow_sha256(
     return seconds, table_value(stdout, "records/s")
 
 
+def measure(
+    workdir: Path,
+    small_gib: float = 2.0,
+    large_gib: float = 6.0,
+    repeat: int = 2,
+    prefect_url: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Marginal MiB/s of openssl and of the flow over the same files, their ratio and fixed
+    costs. Starts its own Prefect server unless given `prefect_url`."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is not on PATH")
+    media_root = workdir / "media"
+    counts = [max(1, round(gib * 1024 / FILE_MIB)) for gib in (small_gib, large_gib)]
+    log(f"writing/checking {counts[-1]} files of {FILE_MIB} MiB under {media_root} ...")
+    paths = make_files(media_root / "blobs", counts[-1])
+    warm(paths)
+
+    with ExitStack() as stack:
+        if prefect_url is None:
+            prefect_url = stack.enter_context(prefect_server(workdir))
+        # One throwaway run first: Prefect registers the flow, imports get cached.
+        flow_sha256(paths[:1], media_root, workdir, prefect_url, openssl_sha256(paths[:1])[1])
+        openssl_s, flow_s, in_run_rates = [], [], []
+        for count in counts:
+            subset = paths[:count]
+            openssl_runs, flow_runs = [], []
+            for _ in range(repeat):  # alternate, so both see the same machine
+                warm(subset)
+                seconds, digests = openssl_sha256(subset)
+                openssl_runs.append(seconds)
+                flow_runs.append(flow_sha256(subset, media_root, workdir, prefect_url, digests))
+            openssl_s.append(min(openssl_runs))
+            seconds = min(s for s, _ in flow_runs)
+            flow_s.append(seconds)
+            in_run = max(r for _, r in flow_runs) * FILE_MIB  # MiB/s
+            in_run_rates.append(in_run)
+            openssl_mib_s = count * FILE_MIB / openssl_s[-1]
+            log(
+                f"{count * FILE_MIB / 1024:5.2f} GiB: openssl {openssl_s[-1]:6.2f} s, "
+                f"backfill run file-hashing {seconds:6.2f} s "
+                f"(best in-run {in_run:.0f} MiB/s = {in_run / openssl_mib_s:.2f}x openssl)"
+            )
+
+    mib = (counts[1] - counts[0]) * FILE_MIB
+    openssl_rate = mib / (openssl_s[1] - openssl_s[0]) if openssl_s[1] > openssl_s[0] else nan
+    flow_rate = mib / (flow_s[1] - flow_s[0]) if flow_s[1] > flow_s[0] else nan
+    small = counts[0] * FILE_MIB
+    return {
+        "small_mib": float(small),
+        "large_mib": float(counts[1] * FILE_MIB),
+        "openssl_s": openssl_s[1],
+        "flow_s": flow_s[1],
+        "openssl_mib_per_s": openssl_rate,
+        "flow_mib_per_s": flow_rate,
+        "ratio": flow_rate / openssl_rate,
+        "flow_in_run_mib_per_s": in_run_rates[1],
+        "openssl_fixed_s": openssl_s[0] - small / openssl_rate,
+        "flow_fixed_s": flow_s[0] - small / flow_rate,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/backfill-bench"))
@@ -264,50 +327,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if shutil.which("openssl") is None:
         sys.exit("openssl is not on PATH")
 
-    workdir: Path = args.dir
-    media_root = workdir / "media"
-    sizes = [args.small_gib, args.large_gib]
-    counts = [round(gib * 1024 / FILE_MIB) for gib in sizes]
-    print(f"writing/checking {counts[-1]} files of {FILE_MIB} MiB under {media_root} ...")
-    paths = make_files(media_root / "blobs", counts[-1])
-    warm(paths)
-
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    with prefect_server(workdir) as prefect_url:
-        # One throwaway run first: Prefect registers the flow, imports get cached.
-        flow_sha256(paths[:1], media_root, workdir, prefect_url, openssl_sha256(paths[:1])[1])
-        openssl_s, flow_s = [], []
-        for count in counts:
-            subset = paths[:count]
-            openssl_runs, flow_runs = [], []
-            for _ in range(args.repeat):  # alternate, so both see the same machine
-                warm(subset)
-                seconds, digests = openssl_sha256(subset)
-                openssl_runs.append(seconds)
-                flow_runs.append(flow_sha256(subset, media_root, workdir, prefect_url, digests))
-            openssl_s.append(min(openssl_runs))
-            seconds = min(s for s, _ in flow_runs)
-            flow_s.append(seconds)
-            in_run = max(r for _, r in flow_runs) * FILE_MIB  # MiB/s
-            openssl_mib_s = count * FILE_MIB / openssl_s[-1]
-            print(
-                f"{count * FILE_MIB / 1024:5.2f} GiB: openssl {openssl_s[-1]:6.2f} s, "
-                f"backfill run file-hashing {seconds:6.2f} s "
-                f"(best in-run {in_run:.0f} MiB/s = {in_run / openssl_mib_s:.2f}x openssl)"
-            )
-
-    mib = (counts[1] - counts[0]) * FILE_MIB
-    openssl_rate = mib / (openssl_s[1] - openssl_s[0])
-    flow_rate = mib / (flow_s[1] - flow_s[0])
-    small = counts[0] * FILE_MIB
+    f = measure(args.dir, args.small_gib, args.large_gib, args.repeat)
     print()
-    print(f"marginal throughput, openssl dgst -sha256 : {openssl_rate:7.0f} MiB/s")
-    print(f"marginal throughput, backfill run         : {flow_rate:7.0f} MiB/s")
-    print(f"ratio backfill / openssl                  : {flow_rate / openssl_rate:7.2f}x")
-    print(
-        f"fixed start-up cost, openssl              : {openssl_s[0] - small / openssl_rate:7.2f} s"
-    )
-    print(f"fixed start-up cost, backfill run         : {flow_s[0] - small / flow_rate:7.2f} s")
+    print(f"marginal throughput, openssl dgst -sha256 : {f['openssl_mib_per_s']:7.0f} MiB/s")
+    print(f"marginal throughput, backfill run         : {f['flow_mib_per_s']:7.0f} MiB/s")
+    print(f"ratio backfill / openssl                  : {f['ratio']:7.2f}x")
+    print(f"fixed start-up cost, openssl              : {f['openssl_fixed_s']:7.2f} s")
+    print(f"fixed start-up cost, backfill run         : {f['flow_fixed_s']:7.2f} s")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -30,7 +30,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from math import nan
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +156,60 @@ def cold_start(first: Path, second: Path, mode: str) -> dict[str, float]:
     return result
 
 
+def measure(
+    workdir: Path,
+    files: int = 100,
+    seconds: float = 5.0,
+    batch: int = 100,
+    repeat: int = 1,
+    prefect_url: str | None = None,
+    log: Callable[[str], None] = print,
+    cold_run: bool = True,
+) -> dict[str, float]:
+    """files/s of the flow with 1 and 2 workers (marginal, N -> 3N files, and in-run), each
+    worker count's fixed cost and the speed-up. Starts its own Prefect server unless given
+    `prefect_url`; `cold_run` also times a run over one file after the first."""
+    media_root = workdir / "media"
+    log(f"writing/checking {3 * files} WAVs of {seconds:g} s under {media_root} ...")
+    everything = make_tones(media_root / "tones", 3 * files, seconds)
+    paths = sorted(everything)
+    figures: dict[str, float] = {"files": float(files), "seconds_per_file": seconds}
+    with ExitStack() as stack:
+        if prefect_url is None:
+            prefect_url = stack.enter_context(prefect_server(workdir))
+        one = {paths[0]: everything[paths[0]]}
+        first, *_ = time_run(one, media_root, workdir, prefect_url, 2, batch)
+        log(f"first run ever (1 file, Prefect registers the flow): {first:.2f} s")
+        if cold_run:
+            cold, *_ = time_run(one, media_root, workdir, prefect_url, 2, batch)
+            figures["cold_run_1_file_s"] = cold
+            log(f"cold run over 1 file, 2 workers (whole command): {cold:.2f} s")
+        for workers in (1, 2):
+            walls, in_runs = [], []
+            for count in (files, 3 * files):
+                subset = {p: everything[p] for p in paths[:count]}
+                runs = [
+                    time_run(subset, media_root, workdir, prefect_url, workers, batch)
+                    for _ in range(repeat)
+                ]
+                wall, in_run, main_cpu, workers_cpu = min(runs)
+                walls.append(wall)
+                in_runs.append(in_run)
+                log(
+                    f"{workers} worker(s), {count:5d} files: wall {wall:6.2f} s "
+                    f"({count / wall:5.1f} files/s), in-run {in_run:5.1f} files/s; "
+                    f"CPU s: flow process {main_cpu:.2f}, workers {workers_cpu:.2f}"
+                )
+            marginal = 2 * files / (walls[1] - walls[0]) if walls[1] > walls[0] else nan
+            fixed = walls[0] - files / marginal
+            log(f"{workers} worker(s): marginal {marginal:5.1f} files/s, fixed cost {fixed:.2f} s")
+            figures[f"marginal_files_per_s_{workers}w"] = marginal
+            figures[f"in_run_files_per_s_{workers}w"] = in_runs[1]
+            figures[f"fixed_s_{workers}w"] = fixed
+    figures["speedup"] = figures["marginal_files_per_s_2w"] / figures["marginal_files_per_s_1w"]
+    return figures
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/backfill-bench"))
@@ -163,43 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="Best of this many runs.")
     args = parser.parse_args(argv)
 
-    workdir: Path = args.dir
-    media_root = workdir / "media"
-    print(f"writing/checking {3 * args.files} WAVs of {args.seconds:g} s under {media_root} ...")
-    everything = make_tones(media_root / "tones", 3 * args.files, args.seconds)
-    paths = sorted(everything)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    figures = measure(args.dir, args.files, args.seconds, args.batch_size, args.repeat)
+    print(f"speed-up 2 workers / 1 worker: {figures['speedup']:.2f}x")
 
-    with prefect_server(workdir) as prefect_url:
-        one = {paths[0]: everything[paths[0]]}
-        first, *_ = time_run(one, media_root, workdir, prefect_url, 2, args.batch_size)
-        print(f"first run ever (1 file, Prefect registers the flow): {first:.2f} s")
-        cold, *_ = time_run(one, media_root, workdir, prefect_url, 2, args.batch_size)
-        print(f"cold run over 1 file, 2 workers (whole command): {cold:.2f} s")
-        marginals = {}
-        for workers in (1, 2):
-            walls = []
-            for count in (args.files, 3 * args.files):
-                subset = {p: everything[p] for p in paths[:count]}
-                runs = [
-                    time_run(subset, media_root, workdir, prefect_url, workers, args.batch_size)
-                    for _ in range(args.repeat)
-                ]
-                wall, in_run, main_cpu, workers_cpu = min(runs)
-                walls.append(wall)
-                print(
-                    f"{workers} worker(s), {count:5d} files: wall {wall:6.2f} s "
-                    f"({count / wall:5.1f} files/s), in-run {in_run:5.1f} files/s; "
-                    f"CPU s: flow process {main_cpu:.2f}, workers {workers_cpu:.2f}"
-                )
-            marginal = 2 * args.files / (walls[1] - walls[0])
-            marginals[workers] = marginal
-            fixed = walls[0] - args.files / marginal
-            print(
-                f"{workers} worker(s): marginal {marginal:5.1f} files/s, fixed cost {fixed:.2f} s"
-            )
-    print(f"speed-up 2 workers / 1 worker: {marginals[2] / marginals[1]:.2f}x")
-
+    paths = sorted(make_tones(args.dir / "media" / "tones", 3 * args.files, args.seconds))
     for mode in ("warm", "cold"):
         costs = cold_start(paths[0], paths[1], mode)
         print(f"worker start-up, {mode}: " + ", ".join(f"{k} {v:.3f} s" for k, v in costs.items()))
