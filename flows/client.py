@@ -528,4 +528,7 @@ class BackfillClient:
 
     def set_project_status(self, project_id: int, update: ProjectStatusUpdate) -> ProjectPublic:
         body = update.model_dump(mode="json", exclude_none=True)
-        return self._call(ProjectPublic, "PUT", f"/projects/{project_id}/status", body=body)
+        # Keyed: a claim whose answer was lost must get that answer again, not a 409 from
+        # its own first attempt (which would leave the project compiling until its lease).
+        path = f"/projects/{project_id}/status"
+        return self._call(ProjectPublic, "PUT", path, body=body, idempotent=True)

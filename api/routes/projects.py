@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import Admin, Caller, ReadSessionDep, SessionDep, SettingsDep, errors
+from api.deps import Admin, BatchDep, Caller, ReadSessionDep, SessionDep, SettingsDep, errors
 from api.schemas import (
     CompilationContext,
     Name,
@@ -47,18 +47,20 @@ def update_project_status(
     session: SessionDep,
     _caller: Admin,
     settings: SettingsDep,
+    batch: BatchDep,
     project_id: ProjectId,
     body: ProjectStatusUpdate,
 ) -> ProjectPublic:
-    """draft->queued, queued->compiling, compiling->failed, failed->queued; else 409."""
-    project = svc.set_status(
+    """draft->queued, queued->compiling, compiling->failed, failed->queued; else 409.
+
+    With an Idempotency-Key, a repeated request gets the first one's answer."""
+    return svc.update_status(
         session=session,
         project_id=project_id,
-        status=body.status,
-        reason=body.reason,
+        update=body,
         lease_seconds=settings.COMPILE_LEASE_SECONDS,
+        idempotency_key=batch.idempotency_key,
     )
-    return svc.project_public(session, project)
 
 
 @router.get("/projects/{project_id}/compilation-context", responses=errors(403, 404))

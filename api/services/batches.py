@@ -35,6 +35,7 @@ from api.schemas import (
 )
 
 ResultT = TypeVar("ResultT", bound=BatchResult)
+M = TypeVar("M", bound=BaseModel)
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
 FAILURES = BackfillFailure.__table__  # type: ignore[attr-defined]
@@ -99,23 +100,9 @@ def run_batch(
     """Run `apply` in one transaction with its audit row and idempotency record.
 
     `observe(kind, result)` is called once the batch is committed, never for a replay."""
-    fingerprint = request_fingerprint(kind, body)
     if idempotency_key is not None:
-        stored = _stored_response(session, idempotency_key, fingerprint, result_type)
+        stored = claim_key(session, idempotency_key, request_fingerprint(kind, body), result_type)
         if stored is not None:
-            session.rollback()
-            return stored
-        # Claim the key before the work: a concurrent request with the same key blocks on
-        # this row (PostgreSQL) or on the write lock (SQLite), then finds it and replays.
-        session.add(IdempotencyRecord(key=idempotency_key, request_hash=fingerprint, response=""))
-        try:
-            session.flush()
-        except IntegrityError as exc:
-            session.rollback()
-            stored = _stored_response(session, idempotency_key, fingerprint, result_type)
-            session.rollback()
-            if stored is None:  # pragma: no cover - the other writer rolled back
-                raise IdempotencyConflict("Idempotency-Key is in use by another request.") from exc
             return stored
     result = apply()
     session.add(
@@ -131,15 +118,44 @@ def run_batch(
         )
     )
     if idempotency_key is not None:
-        session.execute(
-            update(IdempotencyRecord)
-            .where(IdempotencyRecord.key == idempotency_key)  # type: ignore[arg-type]
-            .values(response=result.model_dump_json())
-        )
+        remember_response(session, idempotency_key, result)
     session.commit()
     if observe is not None:
         observe(kind, result)
     return result
+
+
+def claim_key(session: Session, key: str, fingerprint: str, result_type: type[M]) -> M | None:
+    """The stored response of a request already made under `key` (the transaction is then
+    ended), or None after claiming the key in this transaction for the work to follow.
+
+    The key row is written before the work: a concurrent request with the same key blocks on
+    it (PostgreSQL) or on the write lock (SQLite), then finds it and replays. The same key
+    with another request is an `IdempotencyConflict`."""
+    stored = _stored_response(session, key, fingerprint, result_type)
+    if stored is not None:
+        session.rollback()
+        return stored
+    session.add(IdempotencyRecord(key=key, request_hash=fingerprint, response=""))
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        stored = _stored_response(session, key, fingerprint, result_type)
+        session.rollback()
+        if stored is None:  # pragma: no cover - the other writer rolled back
+            raise IdempotencyConflict("Idempotency-Key is in use by another request.") from exc
+        return stored
+    return None
+
+
+def remember_response(session: Session, key: str, response: BaseModel) -> None:
+    """Store the response of the work done under a claimed key (commit follows)."""
+    session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.key == key)  # type: ignore[arg-type]
+        .values(response=response.model_dump_json())
+    )
 
 
 def purge_idempotency_keys(*, session: Session, older_than: datetime) -> int:
@@ -151,8 +167,8 @@ def purge_idempotency_keys(*, session: Session, older_than: datetime) -> int:
 
 
 def _stored_response(
-    session: Session, key: str, fingerprint: str, result_type: type[ResultT]
-) -> ResultT | None:
+    session: Session, key: str, fingerprint: str, result_type: type[M]
+) -> M | None:
     record = session.get(IdempotencyRecord, key)
     if record is None:
         return None
@@ -488,8 +504,10 @@ __all__ = [
     "apply_hashes",
     "apply_snr_frequency",
     "apply_version0",
+    "claim_key",
     "record_failures",
     "purge_idempotency_keys",
     "record_invalid",
+    "remember_response",
     "run_batch",
 ]

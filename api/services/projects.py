@@ -21,10 +21,19 @@ from api.schemas import (
     ProjectCreate,
     ProjectPublic,
     ProjectStatus,
+    ProjectStatusUpdate,
     TierIn,
     TierPublic,
 )
-from api.services.batches import Outcome, clear_failures, dedupe, record_invalid
+from api.services.batches import (
+    Outcome,
+    claim_key,
+    clear_failures,
+    dedupe,
+    record_invalid,
+    remember_response,
+    request_fingerprint,
+)
 
 #: The only moves `PUT /projects/{id}/status` allows; anything else is a 409.
 TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
@@ -125,6 +134,37 @@ def _lease_expired(project: Project, lease_seconds: float) -> bool:
     return updated < utcnow() - timedelta(seconds=lease_seconds)
 
 
+def update_status(
+    *,
+    session: Session,
+    project_id: int,
+    update: ProjectStatusUpdate,
+    lease_seconds: float,
+    idempotency_key: str | None,
+) -> ProjectPublic:
+    """`set_status`, exactly once per Idempotency-Key: a claim whose answer was lost and is
+    sent again gets its own answer back, not a 409 from its own first attempt."""
+    if idempotency_key is not None:
+        scope = f"PUT /projects/{project_id}/status"
+        fingerprint = request_fingerprint(scope, update)
+        stored = claim_key(session, idempotency_key, fingerprint, ProjectPublic)
+        if stored is not None:
+            return stored
+    project = set_status(
+        session=session,
+        project_id=project_id,
+        status=update.status,
+        reason=update.reason,
+        lease_seconds=lease_seconds,
+        commit=False,
+    )
+    public = project_public(session, project)
+    if idempotency_key is not None:
+        remember_response(session, idempotency_key, public)
+    session.commit()
+    return public
+
+
 def set_status(
     *,
     session: Session,
@@ -132,6 +172,7 @@ def set_status(
     status: ProjectStatus,
     reason: str | None,
     lease_seconds: float,
+    commit: bool = True,
 ) -> Project:
     """Move a project along TRANSITIONS; re-claiming a stale `compiling` lease is allowed."""
     project = session.scalars(
@@ -155,7 +196,10 @@ def set_status(
     project.revision += 1
     project.updated_at = utcnow()
     session.add(project)
-    session.commit()
+    if commit:
+        session.commit()
+    else:
+        session.flush()
     return project
 
 

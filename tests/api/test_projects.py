@@ -81,6 +81,24 @@ def test_status_transitions(client: httpx.Client) -> None:
     assert project["status"] == "queued" and project["reason"] is None
 
 
+def test_a_keyed_claim_sent_again_gets_its_own_answer(client: httpx.Client) -> None:
+    pid, _ = make_project(client)
+    claim = {"status": "compiling"}
+    mine = {"Idempotency-Key": "run-a:claim"}
+    first = client.put(f"/projects/{pid}/status", json=claim, headers=mine)
+    again = client.put(f"/projects/{pid}/status", json=claim, headers=mine)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and first.json()["status"] == "compiling"
+    # Another run's claim (another key, or none) is still refused.
+    other = client.put(f"/projects/{pid}/status", json=claim, headers={"Idempotency-Key": "b"})
+    assert other.status_code == 409
+    assert client.put(f"/projects/{pid}/status", json=claim).status_code == 409
+    # The key belongs to that request: another body under it is a 409 too.
+    misuse = client.put(f"/projects/{pid}/status", json={"status": "failed"}, headers=mine)
+    assert misuse.status_code == 409 and "different request" in misuse.json()["detail"]
+    assert client.get(f"/projects/{pid}").json()["revision"] == first.json()["revision"]
+
+
 def test_clip_compile_counts_usage_once(client: httpx.Client, database_url: str) -> None:
     from sqlalchemy import text
 
