@@ -400,11 +400,8 @@ def apply_version0(*, session: Session, batch: BatchRequest[Version0Result]) -> 
             outcome.reject(rid, "record not found")
             continue
         values = item.model_dump(include=set(cols)) | {"schema_version": 1}
-        if row.schema_version != 0:
-            if all(getattr(row, c) == values[c] for c in cols):
-                outcome.unchanged.append(rid)
-            else:
-                outcome.reject(rid, f"record is already schema_version {row.schema_version}")
+        if row.schema_version != 0 and all(getattr(row, c) == values[c] for c in cols):
+            outcome.unchanged.append(rid)  # upgraded to these very values already
             continue
         if row.revision != item.expected_revision:
             outcome.reject(
@@ -412,6 +409,9 @@ def apply_version0(*, session: Session, batch: BatchRequest[Version0Result]) -> 
                 f"conflict: record is at revision {row.revision}, "
                 f"expected {item.expected_revision}",
             )
+            continue
+        if row.schema_version != 0:
+            outcome.reject(rid, f"record is already schema_version {row.schema_version}")
             continue
         key = uri_key(item.uri)
         owner = taken.get(key, claimed.get(key))

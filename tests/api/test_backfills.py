@@ -165,7 +165,10 @@ def test_version0_compare_and_set(client: httpx.Client) -> None:
     again = client.post("/backfills/version-0", json={"items": [item(a, "old/a.wav")]}).json()
     assert again["unchanged"] == 1
     other = client.post("/backfills/version-0", json={"items": [item(a, "old/z.wav")]}).json()
-    assert "already schema_version 1" in other["rejected"][0]["reason"]
+    assert other["rejected"][0]["reason"] == "conflict: record is at revision 2, expected 1"
+    current = {"items": [item(a, "old/z.wav", rev=2)]}
+    upgraded = client.post("/backfills/version-0", json=current).json()
+    assert upgraded["rejected"][0]["reason"] == "record is already schema_version 1"
     assert (
         client.post("/backfills/version-0", json={"items": [item(b, "/abs/path.wav")]}).status_code
         == 422
