@@ -45,6 +45,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from api.schemas import MAX_PAGE_LIMIT, BackfillKind, BatchResult, FailureItem, PendingItem
@@ -57,7 +58,7 @@ from flows.spec import (
     ItemOutcome,
     Job,
     ready,
-    run_item,
+    run_items,
 )
 
 #: Longest failure text the ledger accepts.
@@ -211,9 +212,13 @@ class ChunkRunner:
         threads = not isinstance(self.pool, ProcessPoolExecutor)
         client = self.client if threads else None
         jobs = [Job(item, self.params, self.settings, client=client) for item in items]
-        # Processes get items in slices: one round trip per slice, not per item.
-        slice_size = 1 if threads else max(1, len(jobs) // (4 * compute_workers(self.spec)))
-        return list(self.pool.map(run_item, repeat(self.spec), jobs, chunksize=slice_size))
+        # Items go to the pool in slices, about four per worker: one hand-over (a future, a
+        # wake-up; a round trip for processes) per slice, not per item. A header read costs
+        # less than handing it to a thread did.
+        size = -(-len(jobs) // (4 * compute_workers(self.spec)))
+        slices = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        done = self.pool.map(run_items, repeat(self.spec), slices)
+        return [outcome for outcomes in done for outcome in outcomes]
 
     def process(self, items: list[PendingItem]) -> ChunkReport:
         started = time.perf_counter()
@@ -279,9 +284,13 @@ def _pattern(error: str, uri: str | None) -> str:
 
 def _chunk_name() -> str:
     params = task_run.parameters
-    items: list[PendingItem] = params["items"]
-    kind: BackfillKind = params["runner"].spec.kind
+    items: list[PendingItem] = _unquote(params["items"])
+    kind: BackfillKind = _unquote(params["runner"]).spec.kind
     return f"{kind.value}-{items[0].record_id}-{items[-1].record_id}"
+
+
+def _unquote(value: Any) -> Any:
+    return value.unquote() if isinstance(value, quote) else value
 
 
 @task(name="process-chunk", task_run_name=_chunk_name, retries=0, cache_policy=NO_CACHE)
@@ -417,7 +426,7 @@ class _Run:
                     self._collect_one()
                 if self.stop_reason or self.halted:
                     break
-                future = process_chunk.submit(self.runner, chunk)
+                future = process_chunk.submit(*self._arguments(chunk))
                 future.add_done_callback(self.done.put)
                 self.in_flight += 1
         except APIError as exc:
@@ -428,6 +437,14 @@ class _Run:
         self._drain()
         update_progress_artifact(self.progress_id, progress=100.0)
         return self._report(time.perf_counter() - started)
+
+    def _arguments(self, chunk: list[PendingItem]) -> tuple[ChunkRunner, list[PendingItem]]:
+        """A chunk task's arguments. On the local runner they are quoted: Prefect would
+        otherwise walk every item of every chunk (twice) looking for futures to wait on, and
+        chunks take none. (A remote runner pickles them, and would lose the quote.)"""
+        if self.runner.pool is None:
+            return self.runner, chunk
+        return cast(Any, quote(self.runner)), cast(Any, quote(chunk))
 
     def _drain(self) -> None:
         while self.in_flight:

@@ -155,3 +155,8 @@ def run_item(spec: Backfill[P, R], job: Job[P]) -> ItemOutcome:
         reason = f"{where}: {first['msg']}" if where else first["msg"]
         name = spec.result_model.__name__
         return ItemOutcome(item.record_id, error=f"computed {name} is invalid: {reason}")
+
+
+def run_items(spec: Backfill[P, R], jobs: list[Job[P]]) -> list[ItemOutcome]:
+    """`run_item` over a slice of a chunk, in order (one hand-over to a pool per slice)."""
+    return [run_item(spec, job) for job in jobs]
