@@ -16,12 +16,17 @@ Errors (every one carries a message an operator can act on, with the server's `d
         ├── RateLimitError            429  retryable, honours Retry-After
         └── InternalServerError       5xx  retryable
 
-Retries live here, in the client, and nowhere else (chunk tasks have `retries=0`): every
-call is retried on transport errors, 5xx and 429 with exponential backoff and jitter, or
-after `Retry-After` when the server sends one. A chunk whose POST fails is then not
-recomputed, and page fetches in the flow body and the CLI get the same policy. A wrong
-URL still fails at once: a refused connection is retried only after this client has
-reached the API once (Prefect's own client does the same).
+Retries live here, in the client, and nowhere else (chunk tasks and flows have
+`retries=0`): every call is retried on transport errors, 5xx and 429 until a deadline
+(`BACKFILL_API_RETRY_DEADLINE`, default 300 s, counted from the call's first failure), with
+exponential backoff capped at `MAX_RETRY_DELAY` and jitter, or after `Retry-After` when the
+server sends one. So an API redeploy or a restart of a few minutes is ridden out: the run
+waits and goes on. The client logs one WARNING when the API stops answering and one INFO
+when it is back (each retry only at DEBUG). Past the deadline the call raises its last error,
+saying how long it tried. A chunk whose POST fails is then not recomputed, and page fetches
+in the flow body and the CLI get the same policy. A wrong URL still fails at once: a refused
+connection is retried only after this client has reached the API once (Prefect's own client
+does the same).
 
 Batch POSTs carry an `Idempotency-Key` derived from the batch itself (sha256 of the route,
 a run scope and the canonical JSON body), so a retry after the server applied the batch
@@ -37,12 +42,13 @@ import json
 import logging
 import random
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -93,9 +99,11 @@ logger: Logger = logging.getLogger("flows.client")
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-DEFAULT_MAX_RETRIES = 6
+#: Seconds a call keeps retrying a retryable failure, from its first failure.
+DEFAULT_RETRY_DEADLINE = 300.0
 INITIAL_RETRY_DELAY = 0.5
-MAX_RETRY_DELAY = 8.0
+#: Longest wait between two attempts: an API that is back is noticed within this.
+MAX_RETRY_DELAY = 10.0
 #: Longest `Retry-After` we honour; a larger one is capped rather than believed.
 MAX_RETRY_AFTER = 60.0
 
@@ -299,12 +307,14 @@ class BackfillClient:
         token: str,
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+        max_retries: int | None = None,
         flow_run_id: str | None = None,
         idempotency_scope: str | None = None,
         transport: httpx.BaseTransport | None = None,
         http_client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         logger: Logger = logger,
     ) -> None:
         headers = {"Accept": "application/json", "User-Agent": "corpus-backfills-flows"}
@@ -320,11 +330,17 @@ class BackfillClient:
         self._http.auth = BearerAuth(token)
         self._http.headers.update(headers)
         self.flow_run_id = flow_run_id
+        self.retry_deadline = retry_deadline
         self.max_retries = max_retries
         self.idempotency_scope = idempotency_scope or uuid.uuid4().hex
         self._sleep = sleep
+        self._clock = clock
         self._logger = logger
         self._reached = False
+        # When the API stopped answering (None while it answers): one WARNING as it goes,
+        # one INFO as it comes back, however many calls and retries wait in between.
+        self._outage_since: float | None = None
+        self._outage_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: ClientSettings, **kwargs: Any) -> BackfillClient:
@@ -336,6 +352,7 @@ class BackfillClient:
             settings.API_URL,
             settings.api_token(),
             timeout=httpx.Timeout(settings.TIMEOUT, connect=settings.CONNECT_TIMEOUT),
+            retry_deadline=settings.API_RETRY_DEADLINE,
             max_retries=settings.MAX_RETRIES,
             **kwargs,
         )
@@ -388,6 +405,7 @@ class BackfillClient:
                 )
         query = {k: v for k, v in (params or {}).items() if v is not None}
         attempt = 0
+        deadline: float | None = None  # set at the first failure of this call
         while True:
             error: APIError
             try:
@@ -408,18 +426,59 @@ class BackfillClient:
             else:
                 self._reached = True
                 if response.is_success:
+                    self._outage_over()
                     return response
                 error = make_status_error(response)
-            if attempt >= self.max_retries or not self._should_retry(
-                error, replay_safe=method != "POST" or idempotent
-            ):
+                if not is_retryable(error):  # it answers, if only to say no
+                    self._outage_over()
+            if not self._should_retry(error, replay_safe=method != "POST" or idempotent):
                 raise error
-            delay = retry_delay(error, attempt)
+            now = self._clock()
+            if deadline is None:
+                deadline = now + self.retry_deadline
+            left = deadline - now
+            if left <= 0:
+                self._give_up(
+                    error, f"retried for {self.retry_deadline:.0f}s (BACKFILL_API_RETRY_DEADLINE)"
+                )
+            if self.max_retries is not None and attempt >= self.max_retries:
+                self._give_up(error, f"{attempt} retries" if attempt else "")
+            self._outage_started(error, now)
+            delay = min(retry_delay(error, attempt), left)
             attempt += 1
-            self._logger.warning(
-                "%s; retry %d/%d in %.1fs", error.message, attempt, self.max_retries, delay
-            )
+            self._logger.debug("%s; retry %d in %.1fs", error.message, attempt, delay)
             self._sleep(delay)
+
+    def _outage_started(self, error: APIError, now: float) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                return
+            self._outage_since = now
+        self._logger.warning(
+            "the API does not answer (%s); retrying for up to %.0fs (BACKFILL_API_RETRY_DEADLINE)",
+            error.message,
+            self.retry_deadline,
+        )
+
+    def _outage_over(self) -> None:
+        if self._outage_since is None:  # the common case, without taking the lock
+            return
+        with self._outage_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            self._logger.info(
+                "the API at %s answers again after %.0fs",
+                self._http.base_url,
+                self._clock() - since,
+            )
+
+    @staticmethod
+    def _give_up(error: APIError, tried: str) -> NoReturn:
+        """Raise `error`, saying how long it was retried."""
+        if tried:
+            error.message = f"{error.message}; gave up after {tried}"
+            error.args = (error.message,)
+        raise error
 
     def _call(
         self,

@@ -37,7 +37,15 @@ class ClientSettings(BaseSettings):
     OUTPUT_ROOT: Path | None = None
     CONNECT_TIMEOUT: float = Field(default=5.0, gt=0)
     TIMEOUT: float = Field(default=60.0, gt=0, description="Read/write/pool timeout, seconds.")
-    MAX_RETRIES: int = Field(default=6, ge=0, le=20)
+    API_RETRY_DEADLINE: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a call to the API keeps retrying transport errors, 5xx and 429 "
+        "(from its first failure) before the run fails with that error.",
+    )
+    MAX_RETRIES: int | None = Field(
+        default=None, ge=0, description="Also stop after this many retries; unset: no limit."
+    )
 
     @field_validator("API_URL")
     @classmethod

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -19,6 +23,7 @@ from api.schemas import (
     ProjectCreate,
 )
 from flows.client import (
+    MAX_RETRY_DELAY,
     APIConnectionError,
     APIResponseValidationError,
     APITimeoutError,
@@ -204,6 +209,141 @@ def test_gives_up_after_max_retries(router: respx.Router, sleeps: Sleeps) -> Non
         client.coverage()
 
     assert route.call_count == 3 and len(sleeps) == 2
+
+
+class Clock:
+    """A monotonic clock that only moves when the client sleeps: no real waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def deadline_client(
+    router: respx.Router, clock: Clock, logger: logging.Logger, deadline: float = 300.0
+) -> BackfillClient:
+    client = BackfillClient(
+        BASE,
+        "tok-123",
+        transport=httpx.MockTransport(router.handler),
+        retry_deadline=deadline,
+        sleep=clock.sleep,
+        clock=clock,
+        logger=logger,
+    )
+    reach(client, router)
+    return client
+
+
+def test_outage_shorter_than_the_deadline_is_ridden_out_with_one_line_each_way(
+    router: respx.Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API is away for ~200 s: backoff doubles to its cap, with jitter, and the call
+    succeeds once it is back; one WARNING as it goes, one INFO as it returns."""
+    clock = Clock()
+    log = logging.getLogger("test.client.outage")
+    client = deadline_client(router, clock, log)
+    back_at = clock.now + 200
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if clock.now < back_at:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json=RESULT)
+
+    route = router.post("/backfills/media-duration").mock(side_effect=api)
+    with caplog.at_level(logging.DEBUG, logger=log.name):
+        result = client.post_results(BackfillKind.MEDIA_DURATION, DURATIONS)
+
+    assert result.applied == 2
+    assert 200 <= clock.now - (back_at - 200) <= 200 + MAX_RETRY_DELAY
+    waits = clock.sleeps
+    assert 0.375 <= waits[0] <= 0.5  # starts small...
+    assert max(waits) <= MAX_RETRY_DELAY  # ...never waits longer than the cap...
+    assert sum(w >= 0.75 * MAX_RETRY_DELAY for w in waits) >= 15  # ...and reaches it
+    assert len(set(waits)) > len(waits) // 2  # jitter: not one fixed interval
+    assert route.call_count == len(waits) + 1
+    assert len({c.request.headers["Idempotency-Key"] for c in route.calls}) == 1
+    above_debug = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno > 10]
+    assert len(above_debug) == 2, above_debug
+    (warn, down), (info, up) = above_debug
+    assert warn == "WARNING" and "does not answer" in down and "connection refused" in down
+    assert "300s (BACKFILL_API_RETRY_DEADLINE)" in down
+    assert info == "INFO" and "answers again after" in up
+
+
+def test_past_the_deadline_the_call_fails_naming_the_setting(
+    router: respx.Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    log = logging.getLogger("test.client.deadline")
+    client = deadline_client(router, clock, log, deadline=60.0)
+    started = clock.now
+    router.get("/backfills").respond(503, text="restarting")
+
+    with (
+        caplog.at_level(logging.INFO, logger=log.name),
+        pytest.raises(InternalServerError) as failed,
+    ):
+        client.coverage()
+
+    assert clock.now - started == pytest.approx(60.0)  # the last wait ends at the deadline
+    assert "503 Service Unavailable" in str(failed.value)
+    assert "gave up after retrying for 60s (BACKFILL_API_RETRY_DEADLINE)" in str(failed.value)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # once, not per retry
+
+
+def test_retry_after_is_clipped_to_the_deadline(router: respx.Router) -> None:
+    clock = Clock()
+    client = deadline_client(router, clock, logging.getLogger("test.client.clip"), deadline=20)
+    router.get("/backfills").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "45"}),
+            httpx.Response(429, headers={"Retry-After": "45"}),
+        ]
+    )
+
+    with pytest.raises(RateLimitError):
+        client.coverage()
+
+    assert clock.sleeps == [20.0]
+
+
+def test_concurrent_calls_in_one_outage_log_it_once(
+    router: respx.Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several chunks wait on the same outage: still one WARNING and one INFO."""
+    log = logging.getLogger("test.client.concurrent")
+    client = BackfillClient(
+        BASE,
+        "tok-123",
+        transport=httpx.MockTransport(router.handler),
+        logger=log,
+        sleep=lambda s: time.sleep(0.001),
+    )
+    reach(client, router)
+    failures = iter([httpx.ConnectError("refused")] * 12)
+    lock = threading.Lock()
+
+    def api(request: httpx.Request) -> httpx.Response:
+        with lock:
+            error = next(failures, None)
+        if error is not None:
+            raise error
+        return httpx.Response(200, json={"kinds": []})
+
+    router.get("/backfills").mock(side_effect=api)
+    with caplog.at_level(logging.INFO, logger=log.name), ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: client.coverage(), range(4)))
+
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
 
 
 def test_unauthorized_is_not_retried_and_says_why(router: respx.Router, sleeps: Sleeps) -> None:
