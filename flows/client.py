@@ -439,7 +439,7 @@ class BackfillClient:
             left = deadline - now
             if left <= 0:
                 self._give_up(
-                    error, f"retried for {self.retry_deadline:.0f}s (BACKFILL_API_RETRY_DEADLINE)"
+                    error, f"retrying for {self.retry_deadline:.0f}s (BACKFILL_API_RETRY_DEADLINE)"
                 )
             if self.max_retries is not None and attempt >= self.max_retries:
                 self._give_up(error, f"{attempt} retries" if attempt else "")
