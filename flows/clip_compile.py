@@ -36,7 +36,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Literal
 
-import httpx
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -61,7 +60,7 @@ from flows.compute.render import (
     render,
 )
 from flows.engine import BackfillReport, chunk_task_runner, run_backfill
-from flows.media import downloaded, resolve_media_path
+from flows.media import RemotePolicy, downloaded, resolve_media_path
 from flows.settings import ClientSettings, ConfigError, load_settings
 from flows.spec import (
     Backfill,
@@ -200,9 +199,8 @@ class _Sources:
 
     def _open(self, uri: str) -> Path:
         if is_url(uri):
-            s = self.settings
-            timeout = httpx.Timeout(s.TIMEOUT, connect=s.CONNECT_TIMEOUT)
-            return self.stack.enter_context(downloaded(uri, timeout=timeout))
+            policy = RemotePolicy.from_settings(self.settings)
+            return self.stack.enter_context(downloaded(uri, policy))
         return resolve_media_path(self.settings.MEDIA_ROOT, uri)
 
 

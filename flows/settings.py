@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import cast
+from typing import Annotated, cast
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Placeholder values that must never be used as a real token.
 PLACEHOLDER_TOKENS = frozenset({"changethis", "changeme"})
@@ -37,6 +37,13 @@ class ClientSettings(BaseSettings):
     OUTPUT_ROOT: Path | None = None
     CONNECT_TIMEOUT: float = Field(default=5.0, gt=0)
     TIMEOUT: float = Field(default=60.0, gt=0, description="Read/write/pool timeout, seconds.")
+    REMOTE_HOSTS: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts whose http(s) uris workers may fetch, comma-separated; empty: none.",
+    )
+    MAX_DOWNLOAD_BYTES: int = Field(
+        default=1 << 30, gt=0, description="Most bytes read from one remote uri."
+    )
     API_RETRY_DEADLINE: float = Field(
         default=300.0,
         gt=0,
@@ -53,6 +60,15 @@ class ClientSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("REMOTE_HOSTS", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple | set | frozenset):
+            return [str(host).strip().lower() for host in value if str(host).strip()]
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ClientSettings:
