@@ -138,6 +138,7 @@ def ready() -> None:
 def run_item(spec: Backfill[P, R], job: Job[P]) -> ItemOutcome:
     """Compute one item; a bad record comes back as `error`, never as an exception."""
     item = job.item
+    path: Path | None = None
     try:
         if spec.open_file is None:
             value = spec.compute(job)
@@ -146,15 +147,35 @@ def run_item(spec: Backfill[P, R], job: Job[P]) -> ItemOutcome:
                 value = spec.compute(replace(job, path=path))
         return ItemOutcome(item.record_id, result=spec.result_model.model_validate(value))
     except MediaError as exc:
-        return ItemOutcome(item.record_id, error=str(exc) or "unreadable media")
+        reason = str(exc) or "unreadable media"
     except OSError as exc:
-        return ItemOutcome(item.record_id, error=f"{item.uri}: {exc.strerror or exc}")
+        reason = f"{item.uri}: {exc.strerror or exc}"
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        reason = f"{where}: {first['msg']}" if where else first["msg"]
-        name = spec.result_model.__name__
-        return ItemOutcome(item.record_id, error=f"computed {name} is invalid: {reason}")
+        detail = f"{where}: {first['msg']}" if where else first["msg"]
+        reason = f"computed {spec.result_model.__name__} is invalid: {detail}"
+    return ItemOutcome(item.record_id, error=public_reason(reason, job.settings, item.uri, path))
+
+
+def public_reason(reason: str, settings: ClientSettings, uri: str | None, path: Path | None) -> str:
+    """A failure reason as the ledger shows it: files named as record uris (relative to the
+    media root, or the URL), never by a path of this worker (readers can see the ledger)."""
+    if path is not None and uri:
+        reason = reason.replace(str(path), uri)
+        if path.name != uri and reason.startswith(f"{path.name} "):  # "<name> is silent"
+            reason = uri + reason[len(path.name) :]
+    for root in {str(settings.MEDIA_ROOT.absolute()), _real(settings.MEDIA_ROOT)}:
+        reason = reason.replace(root.rstrip("/") + "/", "")
+        reason = reason.replace(root, "BACKFILL_MEDIA_ROOT")
+    return reason
+
+
+def _real(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path.absolute())
 
 
 def run_items(spec: Backfill[P, R], jobs: list[Job[P]]) -> list[ItemOutcome]:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import respx
 
-from api.schemas import PendingItem
+from api.schemas import BackfillKind, DurationResult, PendingItem
 from flows.compute.errors import MediaError
 from flows.media import RemotePolicy, downloaded, local_media, resolve_media_path
 from flows.settings import ClientSettings
+from flows.spec import Backfill, BackfillParams, Job, run_item
 
 
 @pytest.fixture
@@ -191,3 +193,46 @@ def test_local_media_uses_the_settings_root(root: Path) -> None:
 
     with local_media(settings, item) as path:
         assert path.read_bytes() == b"RIFF"
+
+
+def _fail_with(message: str) -> Callable[[Job[BackfillParams]], DurationResult]:
+    def compute(job: Job[BackfillParams]) -> DurationResult:
+        raise MediaError(message.format(path=job.file, name=job.file.name))
+
+    return compute
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("{path} could not be decoded", "talks/a.wav could not be decoded"),
+        ("{name} is silent", "talks/a.wav is silent"),
+        ("cannot read {path} (truncated)", "cannot read talks/a.wav (truncated)"),
+    ],
+)
+def test_failure_reasons_name_files_relative_to_the_media_root(
+    root: Path, message: str, reason: str
+) -> None:
+    """Readers see the ledger: no absolute path of the worker ever reaches it."""
+    spec = Backfill(
+        kind=BackfillKind.MEDIA_DURATION, result_model=DurationResult, compute=_fail_with(message)
+    )
+    settings = ClientSettings(MEDIA_ROOT=root, API_TOKEN="t")
+    item = PendingItem(record_id=7, revision=1, uri="talks/a.wav")
+
+    outcome = run_item(spec, Job(item, BackfillParams(), settings))
+
+    assert outcome.error == reason
+    assert str(root) not in (outcome.error or "") and str(root.resolve()) not in reason
+
+
+def test_missing_file_reason_is_relative(root: Path) -> None:
+    spec = Backfill(
+        kind=BackfillKind.MEDIA_DURATION, result_model=DurationResult, compute=_fail_with("x")
+    )
+    settings = ClientSettings(MEDIA_ROOT=root, API_TOKEN="t")
+    item = PendingItem(record_id=8, revision=1, uri="talks/gone.wav")
+
+    outcome = run_item(spec, Job(item, BackfillParams(), settings))
+
+    assert outcome.error == "talks/gone.wav does not exist under the media root"
