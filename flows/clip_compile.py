@@ -49,7 +49,7 @@ from api.schemas import (
     ProjectStatusUpdate,
     is_url,
 )
-from flows.client import BackfillClient, ConflictError, NotFoundError
+from flows.client import BackfillClient, ConflictError, Logger, NotFoundError
 from flows.compute.errors import MediaError
 from flows.compute.render import (
     MediaInfo,
@@ -58,6 +58,7 @@ from flows.compute.render import (
     plan_timeline,
     probe_media,
     render,
+    sweep_parts,
 )
 from flows.engine import BackfillReport, chunk_task_runner, run_backfill
 from flows.media import RemotePolicy, downloaded, resolve_media_path
@@ -335,6 +336,14 @@ def check_roots(settings: ClientSettings, *, create_output: bool) -> None:
             raise ConfigError(f"BACKFILL_OUTPUT_ROOT {output} is not writable")
 
 
+def sweep_leftovers(settings: ClientSettings, logger: Logger) -> None:
+    """Remove what killed renders left under the output root (live renders' files stay)."""
+    removed = sweep_parts(settings.output_root)
+    if removed:
+        names = ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else "")
+        logger.info("removed %d temporary files of killed renders: %s", len(removed), names)
+
+
 @flow(name=BackfillKind.CLIP_COMPILE.value, task_runner=chunk_task_runner(), retries=0)
 def clip_compile(
     batch_size: BatchSize = 1,
@@ -376,7 +385,10 @@ def clip_compile(
     )
     settings = load_settings()
     check_roots(settings, create_output=not dry_run)
-    with CompileClient.from_settings(settings, logger=get_run_logger()) as client:
+    logger = get_run_logger()
+    if not dry_run:  # a dry run writes nothing, and removes nothing either
+        sweep_leftovers(settings, logger)
+    with CompileClient.from_settings(settings, logger=logger) as client:
         return run_backfill(CLIP_COMPILE, params, settings=settings, client=client)
 
 

@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from api.schemas import MAX_PAGE_LIMIT, BackfillKind, BatchResult, FailureItem, PendingItem
 from flows.client import APIError, BackfillClient, is_retryable
+from flows.media import sweep_downloads
 from flows.settings import ClientSettings, ConfigError, load_settings
 from flows.spec import (
     MAX_CONCURRENCY,
@@ -371,6 +372,8 @@ def run_backfill(
     settings = settings or load_settings()
     if spec.open_file is not None and not settings.MEDIA_ROOT.is_dir():
         raise ConfigError(f"BACKFILL_MEDIA_ROOT {settings.MEDIA_ROOT} is not a directory")
+    if removed := sweep_downloads():
+        get_run_logger().info("removed %d downloads left by killed runs", len(removed))
     with ExitStack() as stack:
         if client is None:
             client = stack.enter_context(

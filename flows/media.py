@@ -9,6 +9,7 @@ own network.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,10 +22,13 @@ import httpx
 
 from api.schemas import PendingItem, is_url
 from flows.compute.errors import MediaError
+from flows.compute.leftovers import sweep
 from flows.settings import ClientSettings
 
 #: Bytes per read while streaming a URL to disk.
 DOWNLOAD_CHUNK = 1 << 20
+#: Name prefix of downloaded temporary files (in the system's temporary directory).
+DOWNLOAD_PREFIX = "backfill-download-"
 #: Redirect hops followed (each to an allowed host) before a download is refused.
 MAX_REDIRECTS = 5
 
@@ -101,9 +105,10 @@ def downloaded(
     target = httpx.URL(url)
     policy.check(target, url)
     suffix = PurePosixPath(target.path).suffix[:16]
-    fd, name = tempfile.mkstemp(prefix="backfill-", suffix=suffix)
+    fd, name = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, suffix=suffix)
     path = Path(name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alive: `sweep_downloads` keeps it
         try:
             with (
                 os.fdopen(fd, "wb") as out,
@@ -154,6 +159,11 @@ def _too_big(url: str, policy: RemotePolicy) -> MediaError:
         f"download of {url} refused: larger than {policy.max_bytes} bytes "
         "(BACKFILL_MAX_DOWNLOAD_BYTES)"
     )
+
+
+def sweep_downloads() -> list[Path]:
+    """Remove downloads that a killed run left in the temporary directory (not live ones)."""
+    return sweep(Path(tempfile.gettempdir()), f"{DOWNLOAD_PREFIX}*", str)
 
 
 @contextmanager

@@ -12,7 +12,9 @@ Writes are atomic: the video and the thumbnail are encoded to hidden ``.…part.
 ``.…part.jpg`` files in the output directory, fsynced, then ``os.replace``-d onto names
 derived from ``name_stem`` and a content key. A retried render therefore overwrites the
 same two files and never leaves a half file or a second copy. Any failure is a
-`MediaError` with a one-line reason, and the temporary files are removed.
+`MediaError` with a one-line reason, and the temporary files are removed. A render that is
+killed cannot remove them: it holds a lock on its ``.part.mp4`` while it lives, and
+`sweep_parts` (each clip-compile run, at its start) removes the files of unlocked renders.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.compute.errors import MediaError
+from flows.compute.leftovers import GRACE_SECONDS, claim, sweep
 
 #: ffmpeg prints container durations with 10 ms resolution; a span may overshoot by this.
 SPAN_TOLERANCE_S = 0.02
@@ -286,6 +289,21 @@ def plan_timeline(
 
 # --- Rendering -------------------------------------------------------------------------------
 
+#: A render's temporary files: ``.<name>.<token>.part.<ext>``, one token per render.
+PART_PATTERN = ".*.part.*"
+
+
+def _part_token(path: Path) -> str:
+    return path.name.rsplit(".part.", 1)[0].rsplit(".", 1)[-1]
+
+
+def sweep_parts(output_dir: Path, *, grace: float = GRACE_SECONDS) -> list[Path]:
+    """Remove the temporary files of renders that died (killed, crashed); keep live ones.
+
+    A live render holds a lock on its ``.part.mp4``; files of a token with no lock, older
+    than ``grace`` seconds, are leftovers."""
+    return sweep(output_dir, PART_PATTERN, _part_token, grace=grace)
+
 
 def render(plan: RenderPlan, *, threads: int | None = None) -> RenderOutput:
     """Render ``plan`` to ``output_dir``; returns the published video and thumbnail.
@@ -298,11 +316,15 @@ def render(plan: RenderPlan, *, threads: int | None = None) -> RenderOutput:
     final = plan.output_dir / video_name
     thumb = plan.output_dir / thumb_name
     token = uuid.uuid4().hex[:12]
+    stack = ExitStack()
     part_video = plan.output_dir / f".{video_name}.{token}.part.mp4"
     part_audio = plan.output_dir / f".{video_name}.{token}.part.m4a"
     part_thumb = plan.output_dir / f".{thumb_name}.{token}.part.jpg"
     try:
         plan.output_dir.mkdir(parents=True, exist_ok=True)
+        # Locked while this render lives: `sweep_parts` in a later run knows it from a
+        # leftover of a killed one. ffmpeg rewrites the file in place (same inode, same lock).
+        stack.enter_context(claim(part_video))
         _encode(timeline, part_video, part_audio, threads or min(2, os.cpu_count() or 1))
         _fsync(part_video)
         written = probe_media(part_video)
@@ -320,6 +342,7 @@ def render(plan: RenderPlan, *, threads: int | None = None) -> RenderOutput:
     finally:
         for leftover in (part_video, part_audio, part_thumb):
             leftover.unlink(missing_ok=True)
+        stack.close()
     return RenderOutput(
         path=final,
         thumbnail=thumb,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from flows.clip_compile import CompileClient, clip_compile
 from flows.compute.render import probe_media
 from flows.engine import BackfillFailed
 from tests.conftest import ROOT, LiveApi
+from tests.flows.test_leftovers import age, start_render, writers  # noqa: F401 - fixture
 from tests.media import count_frames, decode_audio, rms, write_video
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api_url")]
@@ -387,3 +390,25 @@ def test_clip_compile_imports_no_database_modules() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert json.loads(done.stdout) == []
+
+
+def test_clip_compile_run_removes_parts_of_a_killed_render_not_of_a_live_one(
+    client_env: LiveApi,
+    media_root: Path,
+    writers: list[subprocess.Popen[str]],  # noqa: F811 - the fixture
+) -> None:
+    out = media_root / "compiled"
+    out.mkdir(parents=True)
+    killed = out / ".p1-abc.mp4.111111111111.part.mp4"
+    live = out / ".p2-def.mp4.222222222222.part.mp4"
+    victim = start_render(writers, killed)
+    start_render(writers, live)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    age(killed, killed.with_suffix(".m4a"), live, live.with_suffix(".m4a"))
+
+    report = clip_compile()
+
+    assert report.status == "completed" and report.processed == 0
+    assert not killed.exists() and not killed.with_suffix(".m4a").exists()
+    assert live.exists() and live.with_suffix(".m4a").exists()
