@@ -60,7 +60,7 @@ from flows.compute.render import (
     render,
     sweep_parts,
 )
-from flows.engine import BackfillReport, chunk_task_runner, run_backfill
+from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
 from flows.media import RemotePolicy, downloaded, resolve_media_path
 from flows.settings import ClientSettings, ConfigError, load_settings
 from flows.spec import (
@@ -383,10 +383,14 @@ def clip_compile(
         concurrency=concurrency,
         default_fps=default_fps,
     )
+    return finish(_compile, params)
+
+
+def _compile(params: CompileParams) -> BackfillReport:
     settings = load_settings()
-    check_roots(settings, create_output=not dry_run)
+    check_roots(settings, create_output=not params.dry_run)
     logger = get_run_logger()
-    if not dry_run:  # a dry run writes nothing, and removes nothing either
+    if not params.dry_run:  # a dry run writes nothing, and removes nothing either
         sweep_leftovers(settings, logger)
     with CompileClient.from_settings(settings, logger=logger) as client:
         return run_backfill(CLIP_COMPILE, params, settings=settings, client=client)

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from itertools import repeat
 from multiprocessing import get_context
@@ -44,6 +44,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
+from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
@@ -139,6 +140,38 @@ class BackfillFailed(Exception):
     def __init__(self, report: BackfillReport) -> None:
         super().__init__(f"{report.kind} backfill failed: {report.reason}")
         self.report = report
+
+    def __reduce__(self) -> tuple[type[BackfillFailed], tuple[BackfillReport]]:
+        return type(self), (self.report,)  # a persisted or pickled result keeps its report
+
+
+#: Failures with a known cause: the run ends Failed with their reason, without a traceback.
+EXPECTED_FAILURES = (BackfillFailed, ConfigError, APIError)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one line an operator reads for an expected failure."""
+    if isinstance(exc, BackfillFailed):
+        return exc.report.reason or "the run failed"
+    if isinstance(exc, APIError):
+        return exc.message
+    return str(exc)
+
+
+def finish(run: Callable[..., BackfillReport], *args: Any, **kwargs: Any) -> BackfillReport:
+    """`run(*args, **kwargs)` as a flow's body: an expected failure ends the flow run Failed
+    with its reason as the state message and one ERROR line, not a traceback.
+
+    (The Failed state is what the flow returns to Prefect, which makes it the run's final
+    state; a caller of the flow gets the exception raised, or `state.result()` does: so
+    to a caller the flow still returns a `BackfillReport` or raises.)
+    """
+    try:
+        return run(*args, **kwargs)
+    except EXPECTED_FAILURES as exc:
+        reason = failure_reason(exc)
+        get_run_logger().error("run failed: %s", reason)
+        return cast(BackfillReport, Failed(message=reason, data=exc))
 
 
 class ProgressUpdate(BaseModel):
@@ -298,7 +331,12 @@ def _unquote(value: Any) -> Any:
 def process_chunk(runner: ChunkRunner, items: list[PendingItem]) -> ChunkReport:
     """Compute one chunk locally, then post its results and failures."""
     logger = get_run_logger()
-    report = runner.process(items)
+    try:
+        report = runner.process(items)
+    except (APIError, BrokenExecutor) as exc:  # the API gone past its deadline, a stopped pool
+        reason = failure_reason(exc) if isinstance(exc, APIError) else "compute pool stopped"
+        # A Failed state, not a raise: one line in the log instead of a traceback.
+        return cast(ChunkReport, Failed(message=reason, data=exc))
     logger.info(
         "ids %d-%d: %d applied, %d unchanged, %d rejected, %d failed in %.2fs",
         report.first_id,
@@ -546,7 +584,7 @@ class _Run:
     def _stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            self.logger.error("stopping: %s", reason)
+            self.logger.warning("stopping: %s", reason)
 
     def _notify(self) -> None:
         t = self.totals

@@ -10,7 +10,7 @@ from prefect import flow
 
 from api.schemas import BackfillKind, HashAlgorithm, HashResult, MediaType
 from flows.compute.hashing import hash_file
-from flows.engine import BackfillReport, chunk_task_runner, run_backfill
+from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
 from flows.spec import (
     Backfill,
     BackfillParams,
@@ -87,7 +87,7 @@ def file_hashing(
         concurrency=concurrency,
         algorithm=algorithm,
     )
-    return run_backfill(FILE_HASHING, params)
+    return finish(run_backfill, FILE_HASHING, params)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from prefect import flow
 
 from api.schemas import BackfillKind, DurationResult, MediaType
 from flows.compute.duration import media_duration as read_duration
-from flows.engine import BackfillReport, chunk_task_runner, run_backfill
+from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
 from flows.spec import (
     Backfill,
     BackfillParams,
@@ -77,7 +77,7 @@ def media_duration(
         max_failure_ratio=max_failure_ratio,
         concurrency=concurrency,
     )
-    return run_backfill(MEDIA_DURATION, params)
+    return finish(run_backfill, MEDIA_DURATION, params)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from prefect import flow
 from pydantic import Field
 
 from api.schemas import BackfillKind, MediaType
-from flows.engine import BackfillReport, chunk_task_runner, run_backfill
+from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
 from flows.snr_spec import SNR_FREQUENCY
 from flows.spec import (
     MAX_CONCURRENCY,
@@ -74,7 +74,7 @@ def snr_frequency(
         concurrency=concurrency,
     )
     spec = SNR_FREQUENCY if workers is None else replace(SNR_FREQUENCY, workers=workers)
-    return run_backfill(spec, params)
+    return finish(run_backfill, spec, params)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from api.schemas import BackfillKind, MediaType, PendingItem, Version0Result, is
 from flows.compute.errors import MediaError
 from flows.compute.migrations import FileFacts, migrate
 from flows.compute.probe import probe
-from flows.engine import BackfillReport, chunk_task_runner, run_backfill
+from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
 from flows.media import local_media
 from flows.settings import ClientSettings
 from flows.spec import (
@@ -149,7 +149,7 @@ def version_migration(
         max_failure_ratio=max_failure_ratio,
         concurrency=concurrency,
     )
-    return run_backfill(VERSION_0, params)
+    return finish(run_backfill, VERSION_0, params)
 
 
 if __name__ == "__main__":
