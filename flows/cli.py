@@ -24,7 +24,13 @@ from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaIn, MediaType
 from flows.cli_corpus import sample_corpus
 from flows.client import APIError, AuthenticationError, BackfillClient, PermissionDeniedError
 from flows.demo import demo
-from flows.settings import ClientSettings, ConfigError, load_settings
+from flows.settings import (
+    PREFECT_STARTUP_TIMEOUT_ENV,
+    ClientSettings,
+    ConfigError,
+    load_settings,
+    prefect_startup_timeout,
+)
 
 if TYPE_CHECKING:
     from flows.engine import BackfillReport
@@ -130,8 +136,12 @@ def run(
         settings.api_token()  # fail now, not after Prefect has started
         if not settings.MEDIA_ROOT.is_dir():
             raise ConfigError(f"BACKFILL_MEDIA_ROOT {settings.MEDIA_ROOT} is not a directory")
+        startup = prefect_startup_timeout()
     # Before Prefect is imported: a throwaway local server has nobody to send telemetry to,
     # and its console lines would tear through the progress bar (the API still gets them).
+    # Without PREFECT_API_URL Prefect starts that server, and gives it 20 s by default: too
+    # little on a busy machine.
+    os.environ[PREFECT_STARTUP_TIMEOUT_ENV] = str(startup)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -184,6 +194,23 @@ def _local_run_settings() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _prefect_start_errors() -> Iterator[None]:
+    """Prefect's temporary server that does not start: one line, not its output and ours."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        seconds = os.environ.get(PREFECT_STARTUP_TIMEOUT_ENV, "?")
+        raise fail(
+            f"the temporary Prefect server did not start within {seconds}s "
+            f"({PREFECT_STARTUP_TIMEOUT_ENV}); raise it, or set PREFECT_API_URL to a "
+            "running Prefect server",
+            1,
+        ) from None
+
+
 def _run_flow(kind: BackfillKind, parameters: dict[str, Any], verbose: bool) -> BackfillReport:
     from prefect.client.schemas.objects import State
     from prefect.exceptions import ParameterTypeError, SignatureMismatchError
@@ -229,7 +256,7 @@ def _run_flow(kind: BackfillKind, parameters: dict[str, Any], verbose: bool) -> 
                 counts=counts,
             )
 
-        with progress_listener(show), _local_run_settings():
+        with progress_listener(show), _local_run_settings(), _prefect_start_errors():
             state = cast(State[Any], flow(**parameters, return_state=True))
     if state.is_completed():
         result: BackfillReport = state.result()

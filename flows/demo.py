@@ -39,6 +39,7 @@ from rich.table import Table
 
 from api.schemas import BackfillKind
 from flows.client import APIError
+from flows.settings import ConfigError, prefect_startup_timeout
 
 if TYPE_CHECKING:
     from flows.client import BackfillClient
@@ -59,8 +60,9 @@ DEMO_ORDER = (
 )
 #: The sample corpus is about 10% deliberately corrupt files: a run should not fail on them.
 DEMO_MAX_FAILURE_RATIO = 0.5
-#: Seconds to wait for a server to answer its health check.
-PREFECT_START_TIMEOUT = 120.0
+#: Seconds to wait for the API to answer its health check (Prefect's server: the setting
+#: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 120 s by default; see
+#: flows.settings.prefect_startup_timeout).
 API_START_TIMEOUT = 60.0
 DEFAULT_WORKDIR = Path("var/demo")
 
@@ -515,6 +517,11 @@ def run_demo(*, keep: bool, workdir: Path) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
+        prefect_startup_timeout()  # a bad value: say so before anything starts
+    except ConfigError as exc:
+        errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        return 2
+    try:
         with ExitStack() as stack:
             return _demo(layout, stack, keep=keep, started=started)
     except (DemoError, APIError) as exc:
@@ -577,7 +584,7 @@ def _demo(layout: Layout, stack: ExitStack, *, keep: bool, started: float) -> in
 
     _timed(
         "Prefect",
-        lambda: prefect.wait_healthy(PREFECT_START_TIMEOUT),
+        lambda: prefect.wait_healthy(prefect_startup_timeout()),
         lambda s: (
             f"temporary server {prefect.url}/api, up {s:.1f}s after launch "
             f"(history in {layout.prefect_home})"

@@ -19,6 +19,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PLACEHOLDER_TOKENS = frozenset({"changethis", "changeme"})
 
 
+#: Prefect's own setting: how long its temporary (ephemeral) server may take to start, which
+#: `backfill run` starts when PREFECT_API_URL is not set, and `backfill demo` always does.
+PREFECT_STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+#: Our default for it (Prefect's is 20 s): enough for a busy 2-core machine, where the first
+#: start (Prefect's own migrations) took over 30 s.
+DEFAULT_PREFECT_STARTUP_TIMEOUT = 120
+
+
 class ConfigError(Exception):
     """A setting is missing or wrong. The message is one line an operator can act on."""
 
@@ -125,6 +133,18 @@ def _in_flow_run() -> bool:
     from prefect.context import FlowRunContext
 
     return FlowRunContext.get() is not None
+
+
+def prefect_startup_timeout() -> int:
+    """Seconds Prefect's temporary server may take to start (our default when unset)."""
+    value = os.environ.get(PREFECT_STARTUP_TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_PREFECT_STARTUP_TIMEOUT
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(
+            f"{PREFECT_STARTUP_TIMEOUT_ENV} must be a whole number of seconds, not {value!r}"
+        )
+    return int(value)
 
 
 def load_settings(**overrides: object) -> ClientSettings:

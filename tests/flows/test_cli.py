@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from typer.testing import CliRunner
 from api.schemas import BackfillKind, MediaIn
 from flows.cli import app
 from flows.client import BackfillClient
-from tests.conftest import LiveApi
+from flows.settings import PREFECT_STARTUP_TIMEOUT_ENV, ConfigError, prefect_startup_timeout
+from tests.conftest import ROOT, LiveApi
 from tests.flows.conftest import write_wav
 
 
@@ -19,6 +23,8 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     # `run` sets these with setdefault; pre-set them so the test process gets them back.
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    startup = os.environ.get(PREFECT_STARTUP_TIMEOUT_ENV, "90")
+    monkeypatch.setenv(PREFECT_STARTUP_TIMEOUT_ENV, startup)
     return CliRunner()
 
 
@@ -219,3 +225,42 @@ def test_a_local_run_sends_no_heartbeats_unless_asked(monkeypatch: pytest.Monkey
         monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
         with _local_run_settings():
             assert get_current_settings().flows.heartbeat_frequency == 60
+
+
+def test_temporary_prefect_server_that_does_not_start_is_one_line(tmp_path: Path) -> None:
+    """No PREFECT_API_URL: `run` starts Prefect's temporary server; if it is not up within
+    the start-up timeout, one plain line and exit 1 (here 1 s against a fresh PREFECT_HOME,
+    whose migrations alone take longer)."""
+    (tmp_path / "media").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BACKFILL_"))}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        PREFECT_STARTUP_TIMEOUT_ENV: "1",
+        "BACKFILL_API_TOKEN": "not-used",
+        "BACKFILL_MEDIA_ROOT": str(tmp_path / "media"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "file-hashing"],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 1, done.stderr
+    assert one_line_error(done.stderr) == (
+        "error: the temporary Prefect server did not start within 1s "
+        "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); raise it, or set PREFECT_API_URL "
+        "to a running Prefect server"
+    )
+
+
+def test_prefect_startup_timeout_defaults_to_two_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PREFECT_STARTUP_TIMEOUT_ENV, raising=False)
+    assert prefect_startup_timeout() == 120
+    monkeypatch.setenv(PREFECT_STARTUP_TIMEOUT_ENV, "300")
+    assert prefect_startup_timeout() == 300
+    monkeypatch.setenv(PREFECT_STARTUP_TIMEOUT_ENV, "0.5")
+    with pytest.raises(ConfigError, match="must be a whole number of seconds, not '0.5'"):
+        prefect_startup_timeout()
