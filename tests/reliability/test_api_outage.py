@@ -69,3 +69,38 @@ def test_run_survives_the_api_gone_for_two_minutes(
     down = [m for level, m in said if level == "WARNING" and "does not answer" in m]
     up = [m for level, m in said if level == "INFO" and "answers again" in m]
     assert len(down) == 1 and len(up) == 1, said
+
+
+@pytest.mark.timeout(300)
+def test_api_gone_past_the_deadline_fails_the_run_with_that_reason_and_a_rerun_continues(
+    flow_env: LiveApi, media_root: Path, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = 400
+    monkeypatch.delenv("BACKFILL_MAX_RETRIES")
+    monkeypatch.setenv("BACKFILL_API_RETRY_DEADLINE", "3")
+    paths = small_files(media_root, files)
+    register(flow_env, media_root, paths)
+    crash = kill_api_when(flow_env, db, kind="file-hashing", applied=100, down_for=20)
+    lines = Lines()
+    run_logger = logging.getLogger("prefect.flow_runs")
+    run_logger.addHandler(lines)
+    try:
+        state = file_hashing(batch_size=BATCH, concurrency=3, return_state=True)
+    finally:
+        run_logger.removeHandler(lines)
+
+    assert state.is_failed()
+    message = state.message or ""
+    assert "gave up after retrying for 3s (BACKFILL_API_RETRY_DEADLINE)" in message, message
+    errors = [r for r in lines.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [f"run failed: {message}"]
+    assert all(r.exc_info is None for r in lines.records)
+    crash.wait_restarted(timeout=120)
+    first = db.applied("file-hashing")
+    assert 100 <= first < files
+
+    again = file_hashing(batch_size=BATCH, concurrency=3)  # the rerun (or a UI Retry)
+
+    assert again.status == "completed", again.reason
+    assert again.applied == files - first and again.unchanged == 0
+    assert_hashed_once(db, media_root, files)
