@@ -28,7 +28,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import (
+    BrokenExecutor,
+    CancelledError,
+    Executor,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+)
 from contextlib import ExitStack, contextmanager
 from itertools import repeat
 from multiprocessing import get_context
@@ -95,6 +101,9 @@ class ChunkReport(BaseModel):
     #: Each failure's and rejection's reason, with the record's uri replaced by `<uri>`.
     errors: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    #: Why the chunk did not finish (the API gone past its deadline, the run stopped): its
+    #: records were not posted, stay pending, and the run ends Failed with this reason.
+    unfinished: str | None = None
 
 
 class BackfillReport(BaseModel):
@@ -333,10 +342,13 @@ def process_chunk(runner: ChunkRunner, items: list[PendingItem]) -> ChunkReport:
     logger = get_run_logger()
     try:
         report = runner.process(items)
-    except (APIError, BrokenExecutor) as exc:  # the API gone past its deadline, a stopped pool
-        reason = failure_reason(exc) if isinstance(exc, APIError) else "compute pool stopped"
-        # A Failed state, not a raise: one line in the log instead of a traceback.
-        return cast(ChunkReport, Failed(message=reason, data=exc))
+    except (APIError, BrokenExecutor, CancelledError) as exc:  # the API gone, a stopped pool
+        # Said in one line, and returned, not raised: Prefect would log a raise (or a Failed
+        # state) with a traceback. The run stops on it and ends Failed with this reason.
+        reason = failure_reason(exc) if isinstance(exc, APIError) else "the run was stopped"
+        first, last = items[0].record_id, items[-1].record_id
+        logger.error("ids %d-%d not finished: %s", first, last, reason)
+        return ChunkReport(first_id=first, last_id=last, items=0, unfinished=reason)
     logger.info(
         "ids %d-%d: %d applied, %d unchanged, %d rejected, %d failed in %.2fs",
         report.first_id,
@@ -383,7 +395,12 @@ def compute_workers(spec: Backfill[Any, Any]) -> int:
 
 @contextmanager
 def compute_pool(spec: Backfill[Any, Any]) -> Iterator[Executor]:
-    """The run's compute pool: threads, or spawned processes each warmed once."""
+    """The run's compute pool: threads, or spawned processes each warmed once.
+
+    When the run is stopped (cancelled: Prefect raises in the flow's thread) the pool does
+    not finish its queue first: queued work is dropped, worker processes are stopped, and
+    the chunks in flight end with one line each. Their records stay pending for a rerun.
+    """
     workers = compute_workers(spec)
     pool: Executor
     if spec.executor == "process":
@@ -395,8 +412,21 @@ def compute_pool(spec: Backfill[Any, Any]) -> Iterator[Executor]:
             pool.submit(ready)
     else:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=spec.kind.value)
-    with pool:
+    try:
         yield pool
+    except BaseException:
+        _stop_now(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _stop_now(pool: Executor) -> None:
+    """Drop queued work, and stop worker processes mid-item (threads finish their item)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def run_backfill(
@@ -535,13 +565,22 @@ class _Run:
             after_id = page.next_after_id
 
     def _collect_one(self) -> None:
-        future = self.done.get()
+        while True:  # in steps, so a cancel (raised in this thread) is not held up
+            try:
+                future = self.done.get(timeout=1.0)
+                break
+            except queue.Empty:
+                continue
         self.in_flight -= 1
         try:
             chunk = future.result()
-        except Exception as exc:  # the chunk failed after the client's retries
+        except Exception as exc:  # a bug in a chunk
             self.totals["failed_chunks"] += 1
             self._stop(f"a chunk failed: {exc}")
+            return
+        if chunk.unfinished is not None:
+            self.totals["failed_chunks"] += 1
+            self._stop(f"a chunk failed: {chunk.unfinished}")
             return
         self.totals.update(
             chunks=1,

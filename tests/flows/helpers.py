@@ -37,3 +37,11 @@ def fake_duration(job: Job[BackfillParams]) -> DurationResult | dict[str, Any]:
     if what == "negative":
         return {"record_id": rid, "duration": -1.0}
     raise RuntimeError(f"bug while computing {uri}")
+
+
+def slow_wav_duration(job: Job[BackfillParams]) -> DurationResult:
+    """A WAV's duration, a quarter of a second of work each: a run still busy when stopped."""
+    import time
+
+    time.sleep(0.25)
+    return wav_duration(job)

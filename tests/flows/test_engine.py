@@ -9,16 +9,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 from prefect import flow
-from prefect.client.schemas.objects import State
 from prefect.logging import disable_run_logger
 
 from api.schemas import BackfillKind, DurationResult, PendingItem
-from flows.client import InternalServerError
 from flows.engine import (
     BackfillFailed,
     BackfillReport,
@@ -105,25 +103,24 @@ def test_chunk_dry_run_writes_nothing(pool: ThreadPoolExecutor, tmp_path: Path) 
     assert (report.applied, report.failed) == (1, 1)
 
 
-def test_chunk_fails_in_one_line_when_the_api_stays_down(
+def test_chunk_that_cannot_post_says_so_in_one_line(
     pool: ThreadPoolExecutor, tmp_path: Path
 ) -> None:
-    """A Failed state with the reason (Prefect logs it in one line), not a raise (which
-    Prefect would log with a traceback); awaiting it raises the error."""
+    """Returned, not raised (Prefect would log a raise with a traceback): the run stops on
+    it and ends Failed with the reason."""
     api = FakeApi(KIND, {1: "ok/1"})
     api.faults["POST /backfills/media-duration"] = [httpx.Response(503)] * 3
     client = api.client(max_retries=2)
     runner = ChunkRunner(FAKE, BackfillParams(), settings_for(tmp_path), client, pool)
 
     with disable_run_logger():
-        state = cast(Any, process_chunk.fn(runner, items_of({1: "ok/1"})))
+        report = process_chunk.fn(runner, items_of({1: "ok/1"}))
 
-    assert isinstance(state, State) and state.is_failed()
-    assert state.message == (
+    assert report.unfinished == (
         "503 Service Unavailable on POST /api/v1/backfills/media-duration: Service "
         "Unavailable; gave up after 2 retries"
     )
-    assert isinstance(state.data, InternalServerError)
+    assert (report.items, report.applied) == (0, 0)
 
 
 def test_chunk_lets_a_compute_bug_fail_the_chunk(pool: ThreadPoolExecutor, tmp_path: Path) -> None:

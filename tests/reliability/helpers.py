@@ -16,8 +16,8 @@ from api.schemas import MediaIn, MediaType
 from flows.client import BackfillClient
 from tests.conftest import LiveApi
 
-#: How often a client retries a failed call in these tests (backoff 0.5 s doubling to 8 s:
-#: about 40 s in all, far more than an API restart takes).
+#: How often a client retries a failed call in these tests (backoff 0.5 s doubling to 10 s:
+#: about 45 s in all, far more than an API restart takes; the outage test sets none).
 MAX_RETRIES = 8
 
 
