@@ -62,13 +62,13 @@ def resolve_legacy_path(root: Path, uri: str) -> Path:
     try:
         path = named.resolve(strict=True)
     except FileNotFoundError:
-        where = "does not exist" if inside else f"is outside the media root {real_root}"
+        where = "does not exist" if inside else "is outside the media root"
         raise MediaError(f"{uri} {where}") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         raise MediaError(f"{uri} cannot be resolved: {exc}") from None
     if not path.is_relative_to(real_root):
         how = " through a symlink" if inside else ""
-        raise MediaError(f"{uri} is outside the media root {real_root}{how}")
+        raise MediaError(f"{uri} is outside the media root{how}")
     if not path.is_file():
         raise MediaError(f"{uri} is not a regular file")
     return path
