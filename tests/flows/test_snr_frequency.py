@@ -145,14 +145,16 @@ def test_snr_frequency_matches_the_corpus_manifest(
                 "SELECT record_id, last_error FROM backfill_failures WHERE kind = ?", (KIND.value,)
             ).fetchall()
         )
+    # Each reason names the file by its uri, relative to the media root.
     assert failures == {
-        ids[corrupt[0].uri]: "00-empty.wav is empty",
-        ids[corrupt[1].uri]: "01-not-a-video.mp4 is not an audio or video file "
+        ids[corrupt[0].uri]: "corrupt/00-empty.wav is empty",
+        ids[corrupt[1].uri]: "corrupt/01-not-a-video.mp4 is not an audio or video file "
         "(unrecognised content)",
-        ids[corrupt[2].uri]: "02-truncated.flac is corrupt, truncated or not a media file "
-        "(ffmpeg: Invalid data found when processing input)",
-        ids[corrupt[3].uri]: "03-noise.ogg is not an audio or video file (unrecognised content)",
-        mute_id: "mute.mp4 has no audio track",
+        ids[corrupt[2].uri]: "corrupt/02-truncated.flac is corrupt, truncated or not a media "
+        "file (ffmpeg: Invalid data found when processing input)",
+        ids[corrupt[3].uri]: "corrupt/03-noise.ogg is not an audio or video file "
+        "(unrecognised content)",
+        mute_id: "video/mute.mp4 has no audio track",
     }
     assert (coverage.done, coverage.failed, coverage.quarantined) == (len(good), 5, 5)
 
