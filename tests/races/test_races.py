@@ -269,3 +269,53 @@ def test_status_claim_has_one_winner(race: Race) -> None:
     refusals = [r.json()["detail"] for r in responses if r.status_code == 409]
     assert all("Cannot move a project" in x for x in refusals)
     assert race.scalar("SELECT revision FROM projects") == 2
+
+
+def test_same_output_uri_of_several_owners_at_once(race: Race) -> None:
+    """N owners' results name the same output uri with other bytes: the first insert wins,
+    the others wait for it and are refused by themselves (no unique violation escapes)."""
+    ids = [_projects(race, 1, owner=f"owner{i}", tier="free")[0] for i in range(N)]
+    responses = race.burst(
+        lambda c, i: c.post(
+            "/backfills/clip-compile",
+            json={"items": [_result(ids[i], i) | {"output_uri": "compiled/same.mp4"}]},
+        )
+    )
+    bodies = [r.json() for r in responses if r.status_code == 200]
+    reasons = [x["reason"] for b in bodies for x in b["rejected"]]
+    seen = {
+        "statuses": statuses(responses),
+        "applied": sum(b["applied"] for b in bodies),
+        "uri_refusals": sum("output_uri is already used" in x for x in reasons),
+        "outputs": race.scalar("SELECT COUNT(*) FROM media WHERE uri = 'compiled/same.mp4'"),
+        "render_usage_s": race.scalar("SELECT SUM(seconds) FROM render_usage"),
+    }
+    race.record(seen)
+    assert seen == {
+        "statuses": [200] * N,
+        "applied": 1,
+        "uri_refusals": N - 1,
+        "outputs": 1,
+        "render_usage_s": 60.0,
+    }
+
+
+def test_same_key_other_bodies_at_once(race: Race) -> None:
+    """One Idempotency-Key, N different bodies at once: one applied, the others a clear 409."""
+    ids = _register(race, [{"uri": f"k/{i}.wav", "media_type": "audio"} for i in range(N)])
+    responses = race.burst(
+        lambda c, i: c.post(
+            "/backfills/media-duration",
+            json={"items": [{"record_id": ids[i], "duration": 1.5}]},
+            headers={"Idempotency-Key": "shared"},
+        )
+    )
+    seen = {
+        "statuses": sorted(statuses(responses)),
+        "written": race.scalar("SELECT COUNT(*) FROM media WHERE duration IS NOT NULL"),
+        "audit": race.scalar("SELECT COUNT(*) FROM audit WHERE kind = 'media-duration'"),
+    }
+    race.record(seen)
+    assert seen == {"statuses": [200] + [409] * (N - 1), "written": 1, "audit": 1}
+    refusals = [r.json()["detail"] for r in responses if r.status_code == 409]
+    assert all("Idempotency-Key" in x for x in refusals)
