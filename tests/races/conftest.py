@@ -1,13 +1,15 @@
 """Fixtures of the race suite: one real uvicorn API per database, SQLite and PostgreSQL.
 
 The PostgreSQL side needs no setup: BACKFILL_TEST_DATABASE_URL names a server to use, or else,
-when `initdb` and `pg_ctl` are on PATH, a throwaway cluster is started for the session with
-`.ci/pg.sh` (as the unprivileged `postgres` user when root) and stopped at teardown. Only when
-neither is there are the PostgreSQL cases skipped, with that reason.
+when `initdb` and `pg_ctl` are found (on PATH or in Debian's /usr/lib/postgresql/*/bin), a
+throwaway cluster is started for the session with `.ci/pg.sh` (as the unprivileged `postgres`
+user when root) and stopped at teardown. Only when neither is there are the PostgreSQL cases
+skipped, with that reason.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -48,15 +50,21 @@ def pg_server() -> Iterator[str | None]:
     if url := os.environ.get("BACKFILL_TEST_DATABASE_URL"):
         yield url
         return
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+    # Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<version>/bin.
+    path = os.pathsep.join(
+        [os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    )
+    if not (shutil.which("initdb", path=path) and shutil.which("pg_ctl", path=path)):
         yield None
         return
+    env = os.environ | {"PATH": path}
     started = subprocess.run(
         ["bash", str(ROOT / ".ci" / "pg.sh"), "start"],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+        env=env,
     )
     if started.returncode != 0:
         pytest.fail(f".ci/pg.sh start failed:\n{started.stderr[-2000:]}")
@@ -73,6 +81,7 @@ def pg_server() -> Iterator[str | None]:
             capture_output=True,
             timeout=120,
             check=False,
+            env=env,
         )
 
 
