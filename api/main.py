@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -152,7 +152,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 {"detail": f"Request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
             )
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # What no handler turned into an answer: its traceback, then a plain 500 that
+            # gets its access line like every other response.
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = JSONResponse({"detail": "Internal server error"}, status_code=500)
         # One line per request; never headers, so never a token.
         access.info(
             "%s %s %s",
@@ -217,6 +223,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(IdempotencyConflict)
     async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+        # A constraint the services' own checks did not foresee (they answer races with
+        # ON CONFLICT, locks and per-item rejections): the transaction was rolled back whole.
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        what = constraint or str(exc.orig).splitlines()[0][:200]
+        log.warning("integrity conflict on %s %s: %s", request.method, request.url.path, what)
+        return JSONResponse(
+            {
+                "detail": f"Conflict with a concurrent or stored change ({what}); "
+                "nothing was written, retry the request"
+            },
+            status_code=409,
+        )
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -21,7 +21,7 @@ router = APIRouter(tags=["projects"], responses=errors(401, 422, 503))
 ProjectId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
-@router.put("/tiers/{name}", responses=errors(400, 403, 413, 415))
+@router.put("/tiers/{name}", responses=errors(400, 403, 409, 413, 415))
 def update_tier(
     session: SessionDep, _caller: Admin, name: Annotated[Name, Path()], body: TierIn
 ) -> TierPublic:
@@ -29,7 +29,7 @@ def update_tier(
     return svc.put_tier(session=session, name=name, tier_in=body)
 
 
-@router.post("/projects", status_code=201, responses=errors(400, 403, 404, 413, 415))
+@router.post("/projects", status_code=201, responses=errors(400, 403, 404, 409, 413, 415))
 def create_project(session: SessionDep, _caller: Admin, body: ProjectCreate) -> ProjectCreated:
     """Create a project with its ordered clips; the owner is created on first use."""
     project = svc.create_project(session=session, project_in=body)

@@ -17,7 +17,8 @@ from operator import attrgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -389,9 +390,9 @@ def apply_version0(*, session: Session, batch: BatchRequest[Version0Result]) -> 
     rows = lock_media(session, (i.record_id for i in kept), *cols)
     keys = {uri_key(i.uri): i.record_id for i in kept}
     taken: dict[str, int] = dict(
-        session.execute(
-            select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(list(keys)))
-        ).all()
+        session.execute(select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(list(keys))))
+        .tuples()
+        .all()
     )
     claimed: dict[str, int] = {}
     for item in kept:
@@ -421,10 +422,36 @@ def apply_version0(*, session: Session, batch: BatchRequest[Version0Result]) -> 
         claimed[key] = rid
         outcome.changes.append({"id": rid, "uri_key": key, **values})
     if not batch.dry_run:
-        write_media(session, outcome.changes, utcnow())
+        _write_upgrades(session, outcome, utcnow())
         settle_failures(session, kind, outcome.done_ids())
         record_invalid(session=session, kind=kind, outcome=outcome)
     return outcome.result(dry_run=batch.dry_run)
+
+
+def _write_upgrades(session: Session, outcome: Outcome, now: datetime) -> None:
+    """Write the upgrades; the unique `uri_key` guards what the check above cannot see: a
+    concurrent transaction that took one of the new uris after this one read them. Then the
+    batch is written again row by row, each in a savepoint, and only the rows whose uri was
+    taken meanwhile are refused (the UPDATE waited for the other transaction's commit)."""
+    if not outcome.changes:
+        return
+    try:
+        with session.begin_nested():
+            write_media(session, outcome.changes, now)
+        return
+    except IntegrityError:
+        pass
+    written = []
+    for change in outcome.changes:
+        try:
+            with session.begin_nested():
+                write_media(session, [change], now)
+            written.append(change)
+        except IntegrityError:
+            owner = session.scalar(select(MEDIA.c.id).where(MEDIA.c.uri_key == change["uri_key"]))
+            reason = f"uri {change['uri']!r} is already used by record {owner}"
+            outcome.reject_invalid(change["id"], reason)
+    outcome.changes = written
 
 
 def record_failures(
@@ -462,39 +489,39 @@ def _add_attempts(
     else:
         known = set(session.scalars(select(MEDIA.c.id).where(MEDIA.c.id.in_(ids))))
         refused = {i: "record not found" for i in ids if i not in known}
-    ledger = {
-        row.record_id: row.attempts
-        for row in session.execute(
-            select(FAILURES.c.record_id, FAILURES.c.attempts)
-            .where(FAILURES.c.kind == kind.value, FAILURES.c.record_id.in_(ids))
-            .with_for_update()
-        )
-    }
     now = utcnow()
-    new_rows: list[dict[str, Any]] = []
-    bumps: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for item in items:
         if item.record_id in refused:
             outcome.reject(item.record_id, refused[item.record_id])
             continue
         row = {"record_id": item.record_id, "last_error": item.error, "updated_at": now}
-        (bumps if item.record_id in ledger else new_rows).append(row)
+        rows.append(row)
         outcome.changes.append(row)
-    if dry_run:
+    if dry_run or not rows:
         return
-    if new_rows:
-        session.execute(insert(FAILURES), [{"kind": kind.value, **r} for r in new_rows])
-    if bumps:
-        session.execute(
-            FAILURES.update()
-            .where(FAILURES.c.kind == kind.value, FAILURES.c.record_id == bindparam("b_id"))
-            .values(
-                attempts=FAILURES.c.attempts + 1,
-                last_error=bindparam("b_error"),
-                updated_at=now,
-            ),
-            [{"b_id": r["record_id"], "b_error": r["last_error"]} for r in bumps],
-        )
+    # One upsert: a first failure and a repeated one are the same statement, so two requests
+    # that both see "no row yet" cannot both insert (the unique (kind, record_id) decides, and
+    # the loser adds its attempt to the winner's row). Record order: no deadlock between two
+    # batches of the same records in other orders.
+    stmt = upsert(session, FAILURES)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[FAILURES.c.kind, FAILURES.c.record_id],
+            set_={
+                "attempts": FAILURES.c.attempts + 1,
+                "last_error": stmt.excluded.last_error,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        ),
+        [{"kind": kind.value, **r} for r in sorted(rows, key=lambda r: r["record_id"])],
+    )
+
+
+def upsert(session: Session, table: Any) -> Any:
+    """`INSERT` with `ON CONFLICT` for the session's dialect (PostgreSQL or SQLite)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 __all__ = [
@@ -510,4 +537,5 @@ __all__ = [
     "record_invalid",
     "remember_response",
     "run_batch",
+    "upsert",
 ]

@@ -25,8 +25,10 @@ def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRe
 
     Runs inside `run_batch`, which commits it with its audit row."""
     keys = [uri_key(item.uri) for item in batch.items]
-    existing = dict(
-        session.execute(select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(keys))).all()
+    existing: dict[str, int] = dict(
+        session.execute(select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(keys)))
+        .tuples()
+        .all()
     )
     now = utcnow()
     fresh: dict[str, dict[str, object]] = {}
@@ -51,14 +53,17 @@ def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRe
             .on_conflict_do_nothing(index_elements=["uri_key"])
             .returning(MEDIA.c.uri_key, MEDIA.c.id)
         )
-        created = dict(session.execute(stmt).all())
-        # A concurrent writer may have won a uri between our read and our insert.
+        created = dict(session.execute(stmt).tuples().all())
+        # A concurrent writer may have won a uri between our read and our insert: ON CONFLICT
+        # DO NOTHING waited for its commit, so this read (a new snapshot) sees its rows.
         missing = [k for k in fresh if k not in created]
         if missing:
             existing.update(
                 session.execute(
                     select(MEDIA.c.uri_key, MEDIA.c.id).where(MEDIA.c.uri_key.in_(missing))
                 )
+                .tuples()
+                .all()
             )
     result = MediaRegisterResult(dry_run=batch.dry_run)
     reported: set[str] = set()

@@ -33,7 +33,12 @@ from api.services.batches import (
     record_invalid,
     remember_response,
     request_fingerprint,
+    upsert,
 )
+
+TIERS = Tier.__table__  # type: ignore[attr-defined]
+OWNERS = Owner.__table__  # type: ignore[attr-defined]
+MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 #: The only moves `PUT /projects/{id}/status` allows; anything else is a 409.
 TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
@@ -56,27 +61,30 @@ class Conflict(Exception):
 
 
 def put_tier(*, session: Session, name: str, tier_in: TierIn) -> TierPublic:
-    tier = session.get(Tier, name)
-    if tier is None:
-        tier = Tier(name=name, **tier_in.model_dump())
-    else:
-        tier.sqlmodel_update(tier_in.model_dump())
-    session.add(tier)
+    """Create or change a tier in one upsert: two first PUTs of a name at once both succeed
+    (the last one's values stay), instead of both inserting."""
+    values = tier_in.model_dump()
+    stmt = upsert(session, TIERS).values(name=name, **values)
+    session.execute(stmt.on_conflict_do_update(index_elements=[TIERS.c.name], set_=values))
     session.commit()
-    return TierPublic.model_validate(tier)
+    return TierPublic.model_validate(values | {"name": name})
 
 
-def _owner(session: Session, name: str, tier_name: str | None) -> Owner:
+def _owner(session: Session, name: str, tier_name: str | None) -> int:
+    """The owner's id, created on first use, its tier set when given; the row stays locked
+    to the end of the transaction (the upsert locks it on PostgreSQL)."""
     if tier_name is not None and session.get(Tier, tier_name) is None:
         raise NotFound(f"Tier {tier_name!r} not found")
-    owner = session.scalars(select(Owner).where(Owner.name == name)).first()  # type: ignore[arg-type]
-    if owner is None:
-        owner = Owner(name=name, tier_name=tier_name or DEFAULT_TIER)
-    elif tier_name is not None:
-        owner.tier_name = tier_name
-    session.add(owner)
-    session.flush()
-    return owner
+    stmt = upsert(session, OWNERS).values(name=name, tier_name=tier_name or DEFAULT_TIER)
+    # ON CONFLICT: a concurrent first use of the same name waits for the other insert, then
+    # updates its row (tier given) or leaves it (no tier; a no-op update still locks it).
+    keep = OWNERS.c.tier_name if tier_name is None else stmt.excluded.tier_name
+    owner_id = session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[OWNERS.c.name], set_={"tier_name": keep}
+        ).returning(OWNERS.c.id)
+    ).scalar_one()
+    return int(owner_id)
 
 
 def create_project(*, session: Session, project_in: ProjectCreate) -> Project:
@@ -93,10 +101,9 @@ def create_project(*, session: Session, project_in: ProjectCreate) -> Project:
     known = set(session.scalars(select(col(Media.id)).where(col(Media.id).in_(wanted))))
     if missing := sorted(wanted - known):
         raise NotFound(f"Media not found: {', '.join(map(str, missing))}")
-    owner = _owner(session, project_in.owner, project_in.tier)
     project = Project(
         name=project_in.name,
-        owner_id=owner.id,  # type: ignore[arg-type]
+        owner_id=_owner(session, project_in.owner, project_in.tier),
         status=project_in.status.value,
         intro_media_id=project_in.intro_media_id,
         outro_media_id=project_in.outro_media_id,
@@ -271,6 +278,19 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
             .with_for_update()
         )
     }
+    # The quota check reads the owner's usage and then adds to it: lock the owners (after the
+    # projects, both in id order) so concurrent results of one owner are checked one at a
+    # time, each seeing the usage the one before committed (PostgreSQL; SQLite's write lock
+    # serialises every write transaction anyway).
+    owners = {
+        o.id: o
+        for o in session.scalars(
+            select(Owner)
+            .where(col(Owner.id).in_(sorted({p.owner_id for p in projects.values()})))
+            .order_by(col(Owner.id))
+            .with_for_update()
+        )
+    }
     now = utcnow()
     done: list[int] = []
     for item in kept:
@@ -289,10 +309,10 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         if status not in (ProjectStatus.COMPILING, ProjectStatus.QUEUED):
             outcome.reject(item.project_id, f"project is {status}, not compiling")
             continue
-        owner = session.get(Owner, project.owner_id)
-        tier = session.get(Tier, owner.tier_name) if owner else None
-        assert owner is not None and tier is not None
-        remaining = remaining_render_seconds(session, owner.id, tier)  # type: ignore[arg-type]
+        owner = owners[project.owner_id]
+        tier = session.get(Tier, owner.tier_name)
+        assert owner.id is not None and tier is not None
+        remaining = remaining_render_seconds(session, owner.id, tier)
         if item.render_seconds > remaining + 1e-6:
             outcome.reject_invalid(
                 item.project_id,
@@ -300,7 +320,10 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
             )
             continue
         key = uri_key(item.output_uri)
-        media = session.scalars(select(Media).where(col(Media.uri_key) == key)).first()
+        media = _media_by_key(session, key)
+        inserted = False
+        if media is None and not batch.dry_run:
+            media, inserted = _insert_output(session, item, key, now)
         if media is not None and media.hash != item.hash:
             # Output names carry a content key: the same name with other bytes is another file.
             outcome.reject_invalid(
@@ -310,9 +333,8 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         outcome.changes.append({"id": item.project_id})
         if batch.dry_run:
             continue
-        if media is None:
-            media = Media(uri=item.output_uri, uri_key=key, media_type="video")
-        else:
+        assert media is not None
+        if not inserted:  # an existing record of these bytes: this is a write to it
             media.revision += 1
         media.sqlmodel_update(
             {
@@ -337,7 +359,7 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         )
         session.add(project)
         session.add(
-            RenderUsage(project_id=project.id, owner_id=owner.id, seconds=item.render_seconds)  # type: ignore[arg-type]
+            RenderUsage(project_id=item.project_id, owner_id=owner.id, seconds=item.render_seconds)
         )
         session.flush()
         done.append(item.project_id)
@@ -345,6 +367,36 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         clear_failures(session, BackfillKind.CLIP_COMPILE, done + outcome.unchanged)
         record_invalid(session=session, kind=BackfillKind.CLIP_COMPILE, outcome=outcome)
     return outcome.result(dry_run=batch.dry_run)
+
+
+def _media_by_key(session: Session, key: str) -> Media | None:
+    return session.scalars(select(Media).where(col(Media.uri_key) == key)).first()
+
+
+def _insert_output(
+    session: Session, item: ClipCompileResult, key: str, now: datetime
+) -> tuple[Media | None, bool]:
+    """Insert the output's media record and return it, and whether this inserted it. ON
+    CONFLICT DO NOTHING: a concurrent request that registered the same uri first wins (this
+    waits for its commit), and its record is returned instead."""
+    values = {
+        "uri": item.output_uri,
+        "uri_key": key,
+        "media_type": "video",
+        "hash": item.hash,
+        "hash_algorithm": "sha256",
+        "size_bytes": item.size_bytes,
+        "duration": item.duration,
+        "schema_version": 1,
+        "revision": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    stmt = upsert(session, MEDIA).values(**values)
+    new_id = session.execute(
+        stmt.on_conflict_do_nothing(index_elements=[MEDIA.c.uri_key]).returning(MEDIA.c.id)
+    ).scalar()
+    return _media_by_key(session, key), new_id is not None
 
 
 def fail_projects(

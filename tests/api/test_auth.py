@@ -83,3 +83,20 @@ def test_token_never_logged(
     client.get("/backfills", headers=tokens.header("admin"))
     client.get("/backfills", headers={"Authorization": "Bearer cbk_wrong"})
     assert tokens.admin not in caplog.text and "cbk_wrong" not in caplog.text
+
+
+#: Routes outside the schema and the /api/v1 prefix; public, as docs/api.md says.
+UNLISTED_PUBLIC = {"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+
+
+def test_public_routes_are_exactly_those_documented(client: httpx.Client) -> None:
+    from starlette.routing import Route
+
+    app = client.app  # type: ignore[attr-defined]
+    unlisted = {
+        r.path for r in app.routes if isinstance(r, Route) and not r.path.startswith(API_PREFIX)
+    }
+    assert unlisted == UNLISTED_PUBLIC
+    for path in sorted(UNLISTED_PUBLIC):
+        response = client.get(f"http://testserver{path}", headers={"Authorization": ""})
+        assert response.status_code == 200, path

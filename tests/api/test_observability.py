@@ -5,6 +5,7 @@ import json
 import logging
 
 import httpx
+import pytest
 
 from api.logging import configure_logging
 from tests.api.utils import register
@@ -70,3 +71,39 @@ def test_json_log_lines_carry_flow_run_id(client: httpx.Client) -> None:
     assert access[-1]["flow_run_id"] == "run-42" and access[-1]["status"] == 200
     assert access[-1]["path"] == "/api/v1/backfills"
     assert "Bearer" not in stream.getvalue() and "cbk_" not in stream.getvalue()
+
+
+def test_every_response_gets_its_access_line_5xx_too(
+    app_settings,  # type: ignore[no-untyped-def]
+    clean_db,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error no handler knows is a plain 500 with its traceback and its access line; a
+    constraint violation that escapes the services is a 409 that says so, never a 500."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import IntegrityError
+
+    from api.main import create_app
+
+    app = create_app(app_settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    @app.get("/unique")
+    def unique() -> None:
+        raise IntegrityError("INSERT ...", {}, Exception("UNIQUE constraint failed: tiers.name"))
+
+    caplog.set_level(logging.INFO)
+    with TestClient(app, raise_server_exceptions=True) as c:
+        crashed = c.get("/boom")
+        conflict = c.get("/unique")
+    assert crashed.status_code == 500 and crashed.json() == {"detail": "Internal server error"}
+    assert conflict.status_code == 409
+    assert "UNIQUE constraint failed: tiers.name" in conflict.json()["detail"]
+    lines = [(r.name, r.getMessage()) for r in caplog.records]
+    assert ("api.access", "GET /boom 500") in lines
+    assert ("api.access", "GET /unique 409") in lines
+    (crash,) = [r for r in caplog.records if r.getMessage() == "unhandled error on GET /boom"]
+    assert crash.exc_info is not None and "a bug" in str(crash.exc_info[1])
