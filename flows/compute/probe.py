@@ -307,6 +307,20 @@ def _check_ogg_end(path: Path, size: int) -> None:
         raise MediaError(f"{name} is truncated: its last Ogg page does not end the stream")
 
 
+def _check_riff_length(head: bytes, size: int, name: str) -> None:
+    """A RIFF WAV whose header declares more bytes than the file holds was cut short."""
+    if head[:4] != b"RIFF" or len(head) < 8:
+        return
+    declared = int.from_bytes(head[4:8], "little")
+    # 0 and 0xFFFFFFFF are the placeholders streaming writers leave; 1 byte of slack for
+    # writers that forget the pad byte.
+    if declared in (0, 0xFFFFFFFF) or declared + 8 <= size + 1:
+        return
+    raise MediaError(
+        f"{name} is truncated: its WAV header declares {declared + 8} bytes but the file has {size}"
+    )
+
+
 # --- soundfile -----------------------------------------------------------------------------
 
 
@@ -316,6 +330,8 @@ def _probe_soundfile(path: Path, container: str, head: bytes, size: int) -> Medi
     name = display_name(path)
     if container == "ogg":
         _check_ogg_end(path, size)
+    if container == "wav" and size < HEAD_BYTES:
+        _check_riff_length(head, size, name)
     try:
         with sf.SoundFile(path) as handle:
             frames, rate, channels = handle.frames, handle.samplerate, handle.channels
@@ -415,7 +431,9 @@ def _demux(handle: av.container.InputContainer, name: str) -> dict[int, _Span]:
                 if span.end is None or end > span.end:
                     span.end = end
     except av.FFmpegError as exc:
-        raise MediaError(f"{name} is corrupt: its packets cannot be read ({_av_reason(exc)})")
+        raise MediaError(
+            f"{name} is truncated or corrupt: its packets cannot be read ({_av_reason(exc)})"
+        ) from None
     return spans
 
 
