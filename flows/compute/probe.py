@@ -559,6 +559,20 @@ def _video_duration(
     return header
 
 
+def wav_sample_format(path: Path) -> str:
+    """The sample format a WAV's fmt chunk states: "36-bit PCM in 5-byte samples"."""
+    head = _read_at(path, 0, HEAD_BYTES)
+    fmt = _data_chunk(path, "wav", head, _regular_file_size(path), (b"fmt ",))
+    body = _read_at(path, fmt[0], 24) if fmt else b""
+    if len(body) < 16:
+        return "no readable fmt chunk"
+    tag = int.from_bytes(body[0:2], "little")
+    width = int.from_bytes(body[14:16], "little")
+    valid = int.from_bytes(body[18:20], "little") if tag == 0xFFFE and len(body) >= 20 else 0
+    kind = "PCM" if tag in (1, 0xFFFE) else f"format tag 0x{tag:04x}"
+    return f"{valid or width}-bit {kind} in {(width + 7) // 8}-byte samples"
+
+
 def _probe_undecodable_wav(path: Path, head: bytes) -> MediaInfo:
     """A WAV in a sample format neither libsndfile nor FFmpeg decodes (e.g. 36-bit PCM in
     5-byte containers): its length is still a sample count, data bytes / block size,
