@@ -248,7 +248,8 @@ def _data_chunk(
     ds64: int | None = None
     offset = first
     for _ in range(64):
-        chunk = _read_at(path, offset, header + 16)
+        end = offset + header + 16
+        chunk = head[offset:end] if end <= len(head) else _read_at(path, offset, header + 16)
         if len(chunk) < header:
             return None
         chunk_id = chunk[:id_len]
@@ -389,13 +390,35 @@ def _av_reason(exc: BaseException) -> str:
     return " ".join(str(text).split()).rstrip(".") or type(exc).__name__
 
 
-def _mp3_has_length_header(path: Path, head: bytes) -> bool:
-    """Whether the first MPEG audio frame carries a Xing/Info or VBRI header (frame count)."""
+def _mp3_length_header(path: Path, head: bytes) -> tuple[bool, int | None, int]:
+    """(whether the first MPEG audio frame carries a Xing/Info or VBRI header, the stream
+    bytes it states or None, offset of that frame)."""
     offset = 0
     if head[:3] == b"ID3" and len(head) >= 10:
         offset, _ = _after_id3(head, path)
     frame = head[offset : offset + 200] if offset + 200 <= len(head) else _read_at(path, offset, 200)
-    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
+    for tag in (b"Xing", b"Info"):
+        at = frame.find(tag)
+        if at >= 0:
+            flags = int.from_bytes(frame[at + 4 : at + 8], "big")
+            field = at + 8 + (4 if flags & 1 else 0)
+            declared = int.from_bytes(frame[field : field + 4], "big") if flags & 2 else None
+            return True, declared or None, offset
+    at = frame.find(b"VBRI")
+    if at >= 0:
+        return True, int.from_bytes(frame[at + 10 : at + 14], "big") or None, offset
+    return False, None, offset
+
+
+def _index_fits(streams: list[av.stream.Stream], size: int) -> bool:
+    """Whether every stream has a full index (mp4/mov) whose last byte lies in the file."""
+    end = 0
+    for stream in streams:
+        entries = stream.index_entries
+        if len(entries) == 0 or (stream.frames and len(entries) != stream.frames):
+            return False
+        end = max(end, max(entry.pos + entry.size for entry in entries))
+    return 0 < end <= size
 
 
 class _Span:
@@ -410,30 +433,37 @@ class _Span:
         self.last_bytes = b""
 
 
-def _demux(handle: av.container.InputContainer, name: str) -> dict[int, _Span]:
-    spans: dict[int, _Span] = {}
+def _demux(
+    handle: av.container.InputContainer, streams: list[av.stream.Stream], name: str
+) -> dict[int, _Span]:
+    """Reads (never decodes) every packet of `streams`."""
+    spans = {stream.index: _Span() for stream in streams}
+    last: dict[int, av.Packet] = {}
     try:
-        for packet in handle.demux():
-            if packet.size == 0 or packet.stream.type not in ("audio", "video"):
+        for packet in handle.demux(streams):
+            size = packet.size
+            if size == 0:
                 continue
-            span = spans.setdefault(packet.stream.index, _Span())
+            index = packet.stream_index
+            span = spans[index]
             span.count += 1
             duration = packet.duration or 0
-            span.longest = max(span.longest, duration)
-            span.last_size = packet.size
-            context = packet.stream.codec_context
-            if context is not None and context.name == "aac":
-                span.last_bytes = bytes(packet)[:8]
-            if packet.pts is not None:
-                if span.first is None or packet.pts < span.first:
-                    span.first = packet.pts
-                end = packet.pts + duration
-                if span.end is None or end > span.end:
-                    span.end = end
+            if duration > span.longest:
+                span.longest = duration
+            last[index] = packet
+            pts = packet.pts
+            if pts is not None:
+                if span.first is None or pts < span.first:
+                    span.first = pts
+                if span.end is None or pts + duration > span.end:
+                    span.end = pts + duration
     except av.FFmpegError as exc:
         raise MediaError(
             f"{name} is truncated or corrupt: its packets cannot be read ({_av_reason(exc)})"
         ) from None
+    for index, packet in last.items():
+        spans[index].last_size = packet.size
+        spans[index].last_bytes = bytes(packet)[:8]
     return spans
 
 
@@ -450,10 +480,28 @@ def _adts_cut(span: _Span) -> bool:
     return length > span.last_size
 
 
-def _probe_av(path: Path, container: str, head: bytes) -> MediaInfo:
+#: FFmpeg demuxer for a sniffed container: opening with it skips FFmpeg's own probing
+#: (about 3x faster for mp3); a file it refuses is opened again with probing.
+AV_FORMATS = {
+    "mp3": "mp3", "mp4": "mov", "mov": "mov", "aac": "aac", "ac3": "ac3", "wavpack": "wv",
+    "mkv": "matroska", "webm": "matroska", "avi": "avi", "flv": "flv", "mpegts": "mpegts",
+}  # fmt: skip
+
+
+def _open_av(path: Path, container: str) -> av.container.InputContainer:
+    hint = AV_FORMATS.get(container)
+    if hint is not None:
+        try:
+            return av.open(os.fspath(path), format=hint, metadata_errors="ignore")
+        except av.FFmpegError:
+            pass
+    return av.open(os.fspath(path), metadata_errors="ignore")
+
+
+def _probe_av(path: Path, container: str, head: bytes, size: int) -> MediaInfo:
     name = display_name(path)
     try:
-        handle = av.open(os.fspath(path), metadata_errors="ignore")
+        handle = _open_av(path, container)
     except av.FFmpegError as exc:
         raise MediaError(
             f"{name} is corrupt, truncated or not a media file ({container} by its content; "
@@ -471,7 +519,6 @@ def _probe_av(path: Path, container: str, head: bytes) -> MediaInfo:
                 f"{name} is not an audio or video file ({container} by its content, "
                 "but it has no audio or video stream)"
             )
-        spans = _demux(handle, name)
         header = handle.duration / 1_000_000 if handle.duration else None
         context = audio[0].codec_context if audio else None
         if audio and context is None:
@@ -480,12 +527,27 @@ def _probe_av(path: Path, container: str, head: bytes) -> MediaInfo:
             raise MediaError(f"{name} has audio in a codec FFmpeg cannot decode")
         rate = context.sample_rate if context else None
         channels = context.layout.nb_channels if context else None
-        if pictures:
-            duration = _video_duration(name, pictures + audio, spans, header)
-        else:
-            if container == "mp3" and not _mp3_has_length_header(path, head):
+        streams = pictures + audio if pictures else audio[:1]
+        # The stated length is verified without reading the packets where the file's size
+        # can prove it: an mp4 index whose last sample lies in the file, an mp3 header whose
+        # stated stream size the file holds. Otherwise every packet is read (not decoded).
+        verified = False
+        if container in ("mp4", "mov"):
+            verified = _index_fits(streams, size)
+        elif container == "mp3":
+            has_header, declared, start = _mp3_length_header(path, head)
+            if not has_header:
                 container = "mp3-noheader"
-            duration = _audio_duration(name, audio[0], spans.get(audio[0].index), header, container)
+            elif declared is not None and start + declared <= size:
+                verified = True
+        spans = {} if verified else _demux(handle, streams, name)
+        if pictures:
+            duration = _video_duration(name, streams, spans, header, verified)
+        else:
+            stream = audio[0]
+            duration = _audio_duration(
+                name, stream, spans.get(stream.index), header, container, verified
+            )
     return MediaInfo(
         media_type="video" if pictures else "audio",
         duration=duration,
@@ -498,8 +560,10 @@ def _probe_av(path: Path, container: str, head: bytes) -> MediaInfo:
 
 def _audio_duration(
     name: str, stream: av.audio.stream.AudioStream, span: _Span | None, header: float | None,
-    container: str,
+    container: str, verified: bool,
 ) -> float:  # fmt: skip
+    if verified and stream.duration:
+        return float(stream.duration * stream.time_base)
     if span is None or span.count == 0:
         raise MediaError(f"{name} holds no audio packets")
     rate = stream.codec_context.sample_rate
@@ -533,8 +597,14 @@ def _audio_duration(
 
 
 def _video_duration(
-    name: str, streams: list[av.stream.Stream], spans: dict[int, _Span], header: float | None
+    name: str,
+    streams: list[av.stream.Stream],
+    spans: dict[int, _Span],
+    header: float | None,
+    verified: bool,
 ) -> float:
+    if verified and header:
+        return header
     starts: list[float] = []
     ends: list[float] = []
     for stream in streams:
@@ -626,6 +696,6 @@ def probe(path: Path) -> MediaInfo:
     if container in SOUNDFILE_CONTAINERS:
         info = _probe_soundfile(path, container, head, size)
     if info is None:
-        info = _probe_av(path, container, head)
+        info = _probe_av(path, container, head, size)
     _check_data_size(path, container, head, size, info.duration)
     return info
