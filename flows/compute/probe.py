@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import soundfile as sf
@@ -227,11 +229,12 @@ def _truncated(name: str, header: float, data: float) -> MediaError:
 
 #: container -> (first chunk offset, id bytes, size bytes, byte order, size counts the
 #: chunk header, alignment, data chunk ids)
-_CHUNKS: dict[str, tuple[int, int, int, str, bool, int, tuple[bytes, ...]]] = {
+_W64_DATA = b"data\xf3\xac\xd3\x11\x8c\xd1\x00\xc0\x4f\x8e\xdb\x8a"
+_CHUNKS: dict[str, tuple[int, int, int, Literal["little", "big"], bool, int, tuple[bytes, ...]]] = {
     "wav": (12, 4, 4, "little", False, 2, (b"data",)),
     "aiff": (12, 4, 4, "big", False, 2, (b"SSND",)),
     "caf": (8, 4, 8, "big", False, 1, (b"data",)),
-    "w64": (40, 16, 8, "little", True, 8, (b"data\xf3\xac\xd3\x11\x8c\xd1\x00\xc0\x4f\x8e\xdb\x8a",)),
+    "w64": (40, 16, 8, "little", True, 8, (_W64_DATA,)),
 }
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 
@@ -396,7 +399,9 @@ def _mp3_length_header(path: Path, head: bytes) -> tuple[bool, int | None, int]:
     offset = 0
     if head[:3] == b"ID3" and len(head) >= 10:
         offset, _ = _after_id3(head, path)
-    frame = head[offset : offset + 200] if offset + 200 <= len(head) else _read_at(path, offset, 200)
+    frame = head[offset : offset + 200]
+    if len(frame) < 200:
+        frame = _read_at(path, offset, 200)
     for tag in (b"Xing", b"Info"):
         at = frame.find(tag)
         if at >= 0:
@@ -410,7 +415,7 @@ def _mp3_length_header(path: Path, head: bytes) -> tuple[bool, int | None, int]:
     return False, None, offset
 
 
-def _index_fits(streams: list[av.stream.Stream], size: int) -> bool:
+def _index_fits(streams: Sequence[av.stream.Stream], size: int) -> bool:
     """Whether every stream has a full index (mp4/mov) whose last byte lies in the file."""
     end = 0
     for stream in streams:
@@ -434,11 +439,11 @@ class _Span:
 
 
 def _demux(
-    handle: av.container.InputContainer, streams: list[av.stream.Stream], name: str
+    handle: av.container.InputContainer, streams: Sequence[av.stream.Stream], name: str
 ) -> dict[int, _Span]:
     """Reads (never decodes) every packet of `streams`."""
     spans = {stream.index: _Span() for stream in streams}
-    last: dict[int, av.Packet] = {}
+    last: dict[int, av.Packet[av.stream.Stream]] = {}
     try:
         for packet in handle.demux(streams):
             size = packet.size
@@ -562,7 +567,7 @@ def _audio_duration(
     name: str, stream: av.audio.stream.AudioStream, span: _Span | None, header: float | None,
     container: str, verified: bool,
 ) -> float:  # fmt: skip
-    if verified and stream.duration:
+    if verified and stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if span is None or span.count == 0:
         raise MediaError(f"{name} holds no audio packets")
@@ -598,7 +603,7 @@ def _audio_duration(
 
 def _video_duration(
     name: str,
-    streams: list[av.stream.Stream],
+    streams: Sequence[av.stream.Stream],
     spans: dict[int, _Span],
     header: float | None,
     verified: bool,
