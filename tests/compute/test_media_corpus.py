@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.compute.audio import analyse_audio
 from flows.compute.duration import media_duration
 from flows.compute.errors import MediaError
 from flows.compute.probe import probe
@@ -79,3 +80,17 @@ def test_full_precision_not_ffmpeg_banner(corpus: dict[str, Item]) -> None:
 
 def test_corpus_paths_are_under_tmp(corpus: dict[str, Item]) -> None:
     assert all(isinstance(item.path, Path) and item.path.exists() for item in corpus.values())
+
+
+ANALYSED = [name for name in NAMES if not name.startswith(("odd-", "mute"))]
+
+
+@pytest.mark.parametrize("name", ANALYSED)
+def test_analysis_agrees_with_the_duration(corpus: dict[str, Item], name: str) -> None:
+    """The two fields of one record agree: the decoded length is the probed one (1 ms; video
+    audio tracks within 0.1 s), and the 440 Hz tone is found through every codec."""
+    item = corpus[name]
+    result = analyse_audio(item.path)
+    assert abs(result.frequency - media_corpus.TONE_HZ) < 0.01
+    assert abs(result.duration - media_duration(item.path)) <= item.tolerance
+    assert result.snr > 30.0
