@@ -36,7 +36,7 @@ import os
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import av
 import soundfile as sf
@@ -59,6 +59,9 @@ SOUNDFILE_CONTAINERS = frozenset(
 COUNTED_CONTAINERS = frozenset({"aac", "ac3", "dts", "mp3-noheader"})
 #: Samples per frame of codecs whose frame size FFmpeg reports only after decoding.
 FRAME_SIZES = {"ac3": 1536, "eac3": 1536, "dca": 512}
+#: Bytes an mp3 may hold past the stream size its Xing header states (ID3v1, APE tags);
+#: more, and the packets are read to see whether the header is stale.
+MP3_TAIL_SLACK = 8192
 #: How far a video's packets may end before its stated duration (the 0.1 s target).
 VIDEO_TOLERANCE_S = 0.1
 #: How far an audio stream's packets may end before its stated duration.
@@ -393,26 +396,33 @@ def _av_reason(exc: BaseException) -> str:
     return " ".join(str(text).split()).rstrip(".") or type(exc).__name__
 
 
-def _mp3_length_header(path: Path, head: bytes) -> tuple[bool, int | None, int]:
-    """(whether the first MPEG audio frame carries a Xing/Info or VBRI header, the stream
-    bytes it states or None, offset of that frame)."""
+class _Mp3Header(NamedTuple):
+    """What the first frame's Xing/Info or VBRI header states (None: not stated)."""
+
+    frames: int | None
+    stream_bytes: int | None
+    offset: int  # of the first frame
+
+
+def _mp3_length_header(path: Path, head: bytes) -> _Mp3Header | None:
+    """The Xing/Info or VBRI header of the first MPEG audio frame, None if it has none."""
     offset = 0
     if head[:3] == b"ID3" and len(head) >= 10:
         offset, _ = _after_id3(head, path)
     frame = head[offset : offset + 200]
     if len(frame) < 200:
         frame = _read_at(path, offset, 200)
-    for tag in (b"Xing", b"Info"):
-        at = frame.find(tag)
-        if at >= 0:
+    for at in (13, 21, 36):  # after the side information of mono/stereo, MPEG-1/2
+        if frame[at : at + 4] in (b"Xing", b"Info"):
             flags = int.from_bytes(frame[at + 4 : at + 8], "big")
-            field = at + 8 + (4 if flags & 1 else 0)
-            declared = int.from_bytes(frame[field : field + 4], "big") if flags & 2 else None
-            return True, declared or None, offset
-    at = frame.find(b"VBRI")
-    if at >= 0:
-        return True, int.from_bytes(frame[at + 10 : at + 14], "big") or None, offset
-    return False, None, offset
+            fields = [int.from_bytes(frame[i : i + 4], "big") for i in range(at + 8, at + 16, 4)]
+            frames = fields.pop(0) if flags & 1 else None
+            stream_bytes = fields.pop(0) if flags & 2 else None
+            return _Mp3Header(frames or None, stream_bytes or None, offset)
+    if frame[36:40] == b"VBRI":
+        frames = int.from_bytes(frame[50:54], "big")
+        return _Mp3Header(frames or None, int.from_bytes(frame[46:50], "big") or None, offset)
+    return None
 
 
 def _index_fits(streams: Sequence[av.stream.Stream], size: int) -> bool:
@@ -537,22 +547,24 @@ def _probe_av(path: Path, container: str, head: bytes, size: int) -> MediaInfo:
         # can prove it: an mp4 index whose last sample lies in the file, an mp3 header whose
         # stated stream size the file holds. Otherwise every packet is read (not decoded).
         verified = False
+        mp3: _Mp3Header | None = None
         if container in ("mp4", "mov"):
             verified = _index_fits(streams, size)
         elif container == "mp3":
-            has_header, declared, start = _mp3_length_header(path, head)
-            if not has_header:
+            mp3 = _mp3_length_header(path, head)
+            if mp3 is None:
                 container = "mp3-noheader"
-            elif declared is not None and start + declared <= size:
+            elif mp3.stream_bytes and 0 <= size - mp3.offset - mp3.stream_bytes <= MP3_TAIL_SLACK:
                 verified = True
         spans = {} if verified else _demux(handle, streams, name)
         if pictures:
             duration = _video_duration(name, streams, spans, header, verified)
         else:
             stream = audio[0]
-            duration = _audio_duration(
-                name, stream, spans.get(stream.index), header, container, verified
-            )
+            span = spans.get(stream.index)
+            if container == "mp3" and not verified and mp3 is not None and span is not None:
+                _check_mp3_frames(name, stream, span, mp3)
+            duration = _audio_duration(name, stream, span, header, container, verified)
     return MediaInfo(
         media_type="video" if pictures else "audio",
         duration=duration,
@@ -560,6 +572,28 @@ def _probe_av(path: Path, container: str, head: bytes, size: int) -> MediaInfo:
         channels=channels or None,
         container=container.removesuffix("-noheader"),
         has_audio=bool(audio),
+    )
+
+
+def _check_mp3_frames(
+    name: str, stream: av.audio.stream.AudioStream, span: _Span, mp3: _Mp3Header
+) -> None:
+    """The frames an mp3's Xing/VBRI header states against the frames demuxed."""
+    rate, frame_size = stream.codec_context.sample_rate, stream.codec_context.frame_size
+    if not mp3.frames or not rate or not frame_size or abs(span.count - mp3.frames) <= 1:
+        return
+    stated, data = mp3.frames * frame_size / rate, span.count * frame_size / rate
+    # Say it in decoded seconds where FFmpeg took the LAME delay and padding off.
+    base = stream.time_base
+    decoded = float(stream.duration * base) if stream.duration and base else None
+    trimmed = stated - decoded if decoded is not None else -1.0
+    if 0 <= trimmed <= 2 * frame_size / rate:
+        stated, data = stated - trimmed, max(0.0, data - trimmed)
+    if span.count < mp3.frames:
+        raise _truncated(name, stated, data)
+    raise MediaError(
+        f"{name} disagrees with its header: header says {_seconds(stated)}, "
+        f"data holds {_seconds(data)}"
     )
 
 

@@ -228,6 +228,10 @@ def build(directory: Path) -> list[Item]:
     items.append(Item("noise.flac", bad / "noise.flac", None))
     (bad / "noise.mp3").write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + rng.bytes(20_000))
     items.append(Item("noise.mp3", bad / "noise.mp3", None))
+    # A stale Xing header: a second encoding appended after the first one's frames.
+    stale = by_name["cbr.mp3"].path.read_bytes() + by_name["cbr-noxing.mp3"].path.read_bytes()
+    (bad / "stale-xing.mp3").write_bytes(stale)
+    items.append(Item("stale-xing.mp3", bad / "stale-xing.mp3", None, reason="disagrees"))
     (bad / "text.wav").write_bytes(b"just some text, not audio\n" * 10)
     items.append(Item("text.wav", bad / "text.wav", None, reason="not an audio or video file"))
     return items
