@@ -36,14 +36,16 @@ import os
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-import av
 import soundfile as sf
 from pydantic import BaseModel, Field
 
 from api.schemas import MediaType
 from flows.compute.errors import MediaError, stat_regular_file
+
+if TYPE_CHECKING:  # imported where first needed: `import av` costs ~0.2 s per process
+    import av
 
 #: Bytes read from the start of a file to recognise its container.
 HEAD_BYTES = 4096
@@ -452,6 +454,8 @@ def _demux(
     handle: av.container.InputContainer, streams: Sequence[av.stream.Stream], name: str
 ) -> dict[int, _Span]:
     """Reads (never decodes) every packet of `streams`."""
+    import av
+
     spans = {stream.index: _Span() for stream in streams}
     last: dict[int, av.Packet[av.stream.Stream]] = {}
     try:
@@ -504,6 +508,8 @@ AV_FORMATS = {
 
 
 def _open_av(path: Path, container: str) -> av.container.InputContainer:
+    import av
+
     hint = AV_FORMATS.get(container)
     if hint is not None:
         try:
@@ -514,6 +520,8 @@ def _open_av(path: Path, container: str) -> av.container.InputContainer:
 
 
 def _probe_av(path: Path, container: str, head: bytes, size: int) -> MediaInfo:
+    import av
+
     name = display_name(path)
     try:
         handle = _open_av(path, container)
