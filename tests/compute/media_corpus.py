@@ -204,7 +204,10 @@ def build(directory: Path) -> list[Item]:
     def truncated(name: str, share: float, *, may_fail: bool = False) -> None:
         path = cut(by_name[name].path, bad / f"cut-{name}", share)
         expected = decoded_seconds(path) if may_fail else None
-        items.append(Item(path.name, path, expected, reason="truncated", may_fail=may_fail))
+        tolerance = by_name[name].tolerance
+        items.append(
+            Item(path.name, path, expected, tolerance, reason="truncated", may_fail=may_fail)
+        )
 
     for name in ("cbr.mp3", "vbr.mp3", "faststart.m4a", "aac.m4a", "flac.flac", "source.wav",
                  "vorbis.ogg", "opus.opus", "wavpack.wv", "alac.m4a", "pcm.w64", "rf64.wav",
@@ -212,6 +215,9 @@ def build(directory: Path) -> list[Item]:
         truncated(name, 0.5)
     truncated("faststart.mp4", 0.6)
     truncated("h264.mp4", 0.6)
+    for name in ("h264.mov", "h264.mkv", "vp9.webm", "vp8.webm", "mpeg4.avi", "flv1.flv"):
+        truncated(name, 0.5)
+    truncated("mpeg2.ts", 0.5, may_fail=True)  # MPEG-TS states no length
     for name in ("vbr-noxing.mp3", "adts.aac", "layer2.mp2", "ac3.ac3"):
         truncated(name, 0.5, may_fail=True)
 

@@ -33,7 +33,8 @@ BAD = [
     *(f"cut-{name}" for name in ("cbr.mp3", "vbr.mp3", "faststart.m4a", "aac.m4a", "flac.flac",
       "source.wav", "vorbis.ogg", "opus.opus", "wavpack.wv", "alac.m4a", "pcm.w64", "rf64.wav",
       "pcm.caf", "pcm.aiff", "faststart.mp4", "h264.mp4", "vbr-noxing.mp3", "adts.aac",
-      "layer2.mp2", "ac3.ac3")),
+      "layer2.mp2", "ac3.ac3", "h264.mov", "h264.mkv", "vp9.webm", "vp8.webm", "mpeg4.avi",
+      "flv1.flv", "mpeg2.ts")),
     "zeroed-moov.m4a", "noise.flac", "noise.mp3", "text.wav", "stale-xing.mp3",
 ]  # fmt: skip
 
