@@ -56,6 +56,7 @@ from flows.compute.probe import (
     ffmpeg_exe,
     ffmpeg_input,
     probe,
+    wav_sample_format,
 )
 
 #: Seconds of audio read per block (a block costs 8 bytes per sample and channel: the read
@@ -71,12 +72,19 @@ ZERO_PAD = 2
 TARGET_BIN_HZ = 8.0
 #: Shortest segment used for short files; shorter files are analysed as one segment.
 MIN_SEGMENT = 64
-#: Fewest samples a file must have to be analysed at all.
-MIN_SAMPLES = 64
+#: Fewest samples a file must have to be analysed at all: below it the analysis segment is
+#: 64 samples and the SNR is off by up to 6 dB (docs/analysis.md, "Where the estimates hold").
+MIN_SAMPLES = 256
+#: Fewest analysis bins between the peak and DC (or Nyquist): closer, the window's main
+#: lobe meets its mirror image and the frequency is off by 0.1 % (4 bins) to 500 % (0.15).
+MIN_PEAK_BINS = 4.5
 #: Mean square power (full scale = 1) at or below which a file counts as silent.
 SILENCE_POWER = 1e-20
 #: Relative floor of signal and noise powers (float64 rounding, window leakage).
 POWER_FLOOR = 1e-15
+#: Containers decoded with libsndfile. Not mp3: libsndfile's mpg123 stops after 0.38 s of
+#: a 2.4 s VBR mp3 without a Xing header, and reads a VBR file 18 dB noisier than FFmpeg.
+SOUNDFILE_DECODES = SOUNDFILE_CONTAINERS
 #: Segment samples transformed per FFT call: sizes the per-thread work buffers (~2 MB).
 SAMPLES_PER_FFT_CALL = 1 << 16
 
@@ -168,6 +176,7 @@ class SpectrumAccumulator:
         self._padded, self._spectrum = _workspace(rows, channels, self.nfft)
         self._staging = np.empty((0, channels), dtype=np.float32)  # carry + current block
         self._held = 0  # frames of carry at the front of the staging buffer
+        self.effective_segment = segment  # the segment length spectrum() analysed
 
     def _add(self, frames: NDArray[np.floating], window: NDArray[np.float64]) -> None:
         """Add segments shaped (n, channels, len(window)) to the power sum."""
@@ -218,6 +227,7 @@ class SpectrumAccumulator:
         of its own length."""
         half_width = float(SIGNAL_HALF_WIDTH_BINS * ZERO_PAD)
         window_power = float(self.window @ self.window)
+        self.effective_segment = self.segment
         if self.count == 0:
             length = self._held
             if length < MIN_SAMPLES:
@@ -227,6 +237,7 @@ class SpectrumAccumulator:
             self._add(self._staging[:length].T[np.newaxis], window)  # (1, channels, length)
             window_power = float(window @ window)
             half_width *= self.segment / length
+            self.effective_segment = length
         power = self.power / (self.count * self.nfft * window_power)
         power[1:-1] *= 2.0
         return power, half_width
@@ -274,6 +285,35 @@ def estimate(
     snr = 10.0 * math.log10(max(signal, floor) / max(noise, floor))
     snr = min(SNR_RANGE_DB[1], max(SNR_RANGE_DB[0], snr))
     return snr, frequency
+
+
+def check_resolvable(
+    name: str, frequency: float, sample_rate: int, segment: int, frames: int
+) -> None:
+    """MediaError unless the peak at `frequency` lies at least MIN_PEAK_BINS analysis bins
+    from DC and from Nyquist, where the frequency and SNR estimates hold."""
+    bins = frequency * segment / sample_rate
+    if min(bins, segment / 2 - bins) >= MIN_PEAK_BINS:
+        return
+    longest = segment_length(sample_rate, 1 << 62)
+    if segment / 2 - bins < MIN_PEAK_BINS:
+        edge = sample_rate / 2 - MIN_PEAK_BINS * sample_rate / longest
+        raise MediaError(
+            f"{name} has its dominant frequency (about {frequency:.0f} Hz) too close to the "
+            f"Nyquist frequency for a reliable estimate at {sample_rate} Hz (at most "
+            f"{edge:.0f} Hz is resolved)"
+        )
+    needed = 1 << max(0, math.ceil(math.log2(MIN_PEAK_BINS * sample_rate / frequency)))
+    if needed > longest:
+        lowest = MIN_PEAK_BINS * sample_rate / longest
+        raise MediaError(
+            f"{name} has its dominant frequency (about {frequency:.1f} Hz) below the lowest "
+            f"this analysis resolves at {sample_rate} Hz ({lowest:.1f} Hz)"
+        )
+    raise MediaError(
+        f"{name} is too short to analyse: its dominant frequency (about {frequency:.0f} Hz) "
+        f"needs at least {2 * needed} samples at {sample_rate} Hz, it has {frames}"
+    )
 
 
 # --- Readers -----------------------------------------------------------------------------
@@ -383,8 +423,10 @@ def _soundfile_opens(path: Path) -> bool:
 def analyse_audio(path: Path, *, block_seconds: float = DEFAULT_BLOCK_SECONDS) -> AudioAnalysis:
     """SNR (dB) and dominant frequency (Hz) of the audio in `path`, streamed block by block.
 
-    Raises `MediaError` if the file is not readable media, has no audio track, is too short
-    (fewer than 64 samples) or silent; ValueError if `block_seconds` is not positive.
+    Raises `MediaError` if the file is not readable media, has no audio track, is silent, or
+    is too short for the estimates to hold (fewer than MIN_SAMPLES samples, or a dominant
+    frequency closer than MIN_PEAK_BINS analysis bins to DC or Nyquist); ValueError if
+    `block_seconds` is not positive.
     """
     if not block_seconds > 0:
         raise ValueError("block_seconds must be positive")
@@ -397,9 +439,14 @@ def analyse_audio(path: Path, *, block_seconds: float = DEFAULT_BLOCK_SECONDS) -
     rate = info.sample_rate
     block_frames = max(1, int(block_seconds * rate))
     blocks: Iterator[NDArray[np.float32]]
-    if info.container in SOUNDFILE_CONTAINERS and _soundfile_opens(path):
+    if info.container in SOUNDFILE_DECODES and _soundfile_opens(path):
         channels = info.channels or 1
         blocks = _soundfile_blocks(path, block_frames)
+    elif info.container == "wav":  # neither libsndfile nor FFmpeg decodes it
+        raise MediaError(
+            f"{name} is a WAV file whose sample format ({wav_sample_format(path)}) neither "
+            "libsndfile nor FFmpeg decodes"
+        )
     else:
         channels = info.channels or 1  # unknown layout: ffmpeg mixes it down to mono
         blocks = _ffmpeg_blocks(path, rate, channels, block_frames)
@@ -419,6 +466,7 @@ def analyse_audio(path: Path, *, block_seconds: float = DEFAULT_BLOCK_SECONDS) -
         snr, frequency = estimate(power, half_width, rate)
     except ValueError:
         raise MediaError(f"{name} is silent") from None
+    check_resolvable(name, frequency, rate, accumulator.effective_segment, accumulator.frames)
     return AudioAnalysis(
         snr=snr,
         frequency=frequency,

@@ -1,4 +1,4 @@
-"""Duration of a media file in seconds, from its headers (see `flows.compute.probe`)."""
+"""Duration of a media file in seconds, verified against its data (see `flows.compute.probe`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from flows.compute.probe import probe
 
 
 def media_duration(path: Path) -> float:
-    """Seconds of media in the file at `path`.
+    """Seconds of media in the file at `path`, at full precision.
 
-    Exact (``frames / samplerate``) for what libsndfile reads (WAV, FLAC, Ogg, MP3, ...),
-    to ffmpeg's 10 ms banner precision for video and other containers. Raises
-    `flows.compute.errors.MediaError` for a missing, empty, corrupt or non-media file.
+    A sample count (WAV, FLAC, Ogg, ...), a header checked against the file (mp3 Xing/LAME,
+    mp4 index), or a count of demuxed frames (mp3 without header, ADTS); docs/analysis.md
+    lists each format. Raises `flows.compute.errors.MediaError` for a missing, empty,
+    truncated, corrupt or non-media file: a failure is never returned as 0.0.
     """
     return probe(path).duration

@@ -151,7 +151,7 @@ def test_snr_frequency_matches_the_corpus_manifest(
         ids[corrupt[1].uri]: "corrupt/01-not-a-video.mp4 is not an audio or video file "
         "(unrecognised content)",
         ids[corrupt[2].uri]: "corrupt/02-truncated.flac is corrupt, truncated or not a media "
-        "file (ffmpeg: Invalid data found when processing input)",
+        "file (flac by its content; FFmpeg: Invalid data found when processing input)",
         ids[corrupt[3].uri]: "corrupt/03-noise.ogg is not an audio or video file "
         "(unrecognised content)",
         mute_id: "video/mute.mp4 has no audio track",
