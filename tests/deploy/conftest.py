@@ -10,6 +10,7 @@ import shlex
 import sqlite3
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,13 +43,11 @@ RUN_TIMEOUT = 120
 #: the schedule test sees the loop at work in seconds. The other loops keep their defaults.
 SCHEDULER_LOOP_SECONDS = 2
 
-#: What a server-side loop that raised leaves in the server log: a traceback, or a line of
-#: Prefect's or docket's loggers at ERROR level or above.
-SERVICE_ERROR = re.compile(
-    r"Traceback \(most recent call last\)|\| (ERROR|CRITICAL) +\| (prefect|docket)"
-    r"|^(ERROR|CRITICAL):(prefect|docket)",
-    re.MULTILINE,
-)
+#: The start of a line of the server log: "21:20:03.913 | ERROR   | logger.name - message".
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (?P<level>\w+) +\| (?P<logger>\S+) - ")
+
+#: Loggers of the server's loops: Prefect's services, and docket, which runs them.
+LOOP_LOGGERS = ("prefect.server.services", "docket")
 
 
 def wait_for(
@@ -144,19 +143,36 @@ class PrefectServer:
     def log_path(self) -> Path:
         return self.home / "server.log"
 
-    def service_errors(self, since: int = 0) -> list[str]:
-        """Tracebacks and ERROR lines in the server log from byte `since` on, each with the
-        lines that follow it: what a server loop (scheduler, late runs, ...) logs when it
-        raises."""
+    def errors(self, since: int = 0) -> list[tuple[str, str]]:
+        """(logger, text) of every ERROR or CRITICAL entry of the server log from byte `since`
+        on, with its traceback; a traceback outside such an entry has logger "?"."""
         with self.log_path.open("rb") as log:
             log.seek(since)
             text = log.read().decode(errors="replace")
-        lines = text.splitlines()
-        found = []
-        for i, line in enumerate(lines):
-            if SERVICE_ERROR.search(line):
-                found.append("\n".join(lines[i : i + 30]))
-        return found
+        found: list[tuple[str, list[str]]] = []
+        current: list[str] | None = None
+        for line in text.splitlines():
+            match = LOG_LINE.match(line)
+            if match:
+                current = None
+                if match["level"] in ("ERROR", "CRITICAL"):
+                    current = [line]
+                    found.append((match["logger"], current))
+            elif current is not None:
+                current.append(line)
+            elif line.startswith("Traceback (most recent call last)"):
+                current = [line]
+                found.append(("?", current))
+        return [(logger, "\n".join(lines[:40])) for logger, lines in found]
+
+    def service_errors(self, since: int = 0) -> list[str]:
+        """What a loop of the server (scheduler, late runs, repossessor, ...) logged when it
+        raised, from byte `since` of the server log on; also any stray traceback."""
+        return [
+            text
+            for logger, text in self.errors(since)
+            if logger == "?" or logger.startswith(LOOP_LOGGERS)
+        ]
 
     def log_size(self) -> int:
         return self.log_path.stat().st_size
@@ -215,7 +231,10 @@ def no_server_loop_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     size = server.log_size()
     errors = server.service_errors(since=server.checked)
+    others = [text for logger, text in server.errors(since=server.checked) if text not in errors]
     server.checked = size
+    for text in others:  # e.g. "database is locked" persisting a worker heartbeat, under load
+        warnings.warn(f"the Prefect server logged an error:\n{text}", stacklevel=1)
     if errors:
         pytest.fail(
             f"the Prefect server logged {len(errors)} error(s) ({server.log_path}):\n"

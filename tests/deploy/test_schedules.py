@@ -28,7 +28,6 @@ from tests.deploy.conftest import (
     PrefectServer,
     Worker,
     deploy_all,
-    flow_run_id,
     wait_for,
 )
 
@@ -163,48 +162,31 @@ def test_the_next_run_of_a_deployment_starts_once_the_slot_is_released(
     prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
 ) -> None:
     deploy_api.reset()
-    deploy_api.register_files("slot", [64 + i for i in range(200)])
-    # One record per chunk, one chunk at a time: a run that holds the slot a while.
-    first = flow_run_id(
-        prefect_server.cli(
-            "uv run prefect deployment run 'file-hashing/nightly' "
-            "--param batch_size=1 --param concurrency=1"
-        ).stdout
-    )
+    deploy_api.register_files("slot", [64 + i for i in range(50)])
     with prefect_server.client() as client:
+        deployment = client.read_deployment_by_name("file-hashing/nightly")
+        # Two runs of the deployment at once (a nightly run and a hand-triggered one): the
+        # worker takes both in one poll, the server gives the slot (limit 1) to one of them.
+        runs = [
+            client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id
+            for parameters in ({"batch_size": 1, "concurrency": 1}, {"dry_run": True})
+        ]
 
-        def state_name(run_id: str) -> str | None:
-            state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
-            return state.name if state is not None else None
-
-        wait_for("the first run to start", lambda: state_name(first) == "Running", RUN_TIMEOUT)
-        second = flow_run_id(
-            prefect_server.cli(
-                "uv run prefect deployment run 'file-hashing/nightly' --param dry_run=true"
-            ).stdout
-        )
-        # The worker picks the second run up at once; the server refuses it the slot.
-        wait_for(
-            "the second run to wait for the slot",
-            lambda: state_name(second) == "AwaitingConcurrencySlot",
-            RUN_TIMEOUT,
-            every=0.1,
-        )
-        assert state_name(first) == "Running"
-
-        def finished(run_id: str) -> Any:
-            run = client.read_flow_run(run_id)  # type: ignore[arg-type]
+        def finished(run_id: Any) -> Any:
+            run = client.read_flow_run(run_id)
             return run if run.state is not None and run.state.is_final() else None
 
-        one = wait_for("the first run", lambda: finished(first), RUN_TIMEOUT, every=0.5)
-        two = wait_for("the second run", lambda: finished(second), RUN_TIMEOUT, every=0.5)
-        assert one.state.is_completed() and two.state.is_completed()
-        # The second started only after the first ended: the slot was held, then released.
-        assert two.start_time >= one.end_time
-        names = [s.name for s in client.read_flow_run_states(second)]  # type: ignore[arg-type]
-        assert "AwaitingConcurrencySlot" in names and names[-1] == "Completed"
+        done = [wait_for("both runs", lambda r=r: finished(r), 2 * RUN_TIMEOUT, 0.5) for r in runs]
+        assert [run.state.name for run in done] == ["Completed", "Completed"]
+        histories = [[s.name for s in client.read_flow_run_states(r)] for r in runs]
+        waited = [i for i, names in enumerate(histories) if "AwaitingConcurrencySlot" in names]
+        # Exactly one waited for the slot, and started only after the other had ended: the
+        # slot was held, then released, and the waiting run took it.
+        assert len(waited) == 1, histories
+        second, first = done[waited[0]], done[1 - waited[0]]
+        assert "AwaitingConcurrencySlot" not in histories[1 - waited[0]]
+        assert second.start_time >= first.end_time
         # Nothing holds the deployment's slot once both are done.
-        deployment = client.read_deployment_by_name("file-hashing/nightly")
-        assert deployment.global_concurrency_limit.limit == 1
-        assert deployment.global_concurrency_limit.active_slots == 0
+        limit = client.read_deployment_by_name("file-hashing/nightly").global_concurrency_limit
+        assert limit is not None and limit.limit == 1 and limit.active_slots == 0
     assert None not in deploy_api.hashes().values()
