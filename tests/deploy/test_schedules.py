@@ -82,11 +82,11 @@ def test_deploy_all_leads_to_scheduled_runs_of_every_nightly_deployment(
             deployments = {name: client.read_deployment_by_name(name) for name in names}
 
             def every_deployment_scheduled() -> dict[str, list[Any]] | None:
+                runs = {name: scheduled_runs(client, d.id) for name, d in deployments.items()}
+                print({name: len(r) for name, r in runs.items()})
                 errors = prefect_server.service_errors(since)
                 if errors:  # no point waiting for a loop that raises
                     pytest.fail("a Prefect server loop raised:\n" + errors[0])
-                runs = {name: scheduled_runs(client, d.id) for name, d in deployments.items()}
-                print({name: len(r) for name, r in runs.items()})
                 return runs if all(len(r) >= MIN_RUNS for r in runs.values()) else None
 
             runs = wait_for(
