@@ -96,4 +96,6 @@ def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> No
             deadline = time.monotonic() + 15
             while Path(f"/proc/{kept_pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):  # SIGTERM was not enough
+                os.kill(kept_pid, signal.SIGKILL)
     assert seconds < DEMO_TIMEOUT

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from functools import partial
 from typing import Any
 
 import pytest
@@ -176,7 +177,7 @@ def test_the_next_run_of_a_deployment_starts_once_the_slot_is_released(
             run = client.read_flow_run(run_id)
             return run if run.state is not None and run.state.is_final() else None
 
-        done = [wait_for("both runs", lambda r=r: finished(r), 2 * RUN_TIMEOUT, 0.5) for r in runs]
+        done = [wait_for("both runs", partial(finished, r), 2 * RUN_TIMEOUT, 0.5) for r in runs]
         assert [run.state.name for run in done] == ["Completed", "Completed"]
         histories = [[s.name for s in client.read_flow_run_states(r)] for r in runs]
         waited = [i for i, names in enumerate(histories) if "AwaitingConcurrencySlot" in names]
