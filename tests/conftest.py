@@ -4,19 +4,123 @@ BACKFILL_TEST_DATABASE_URL names a server), the app over it, tokens, and a live 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def server_timeout() -> float:
+    """Seconds a fixture waits for one of our API servers to answer: the one setting
+    BACKFILL_TEST_SERVER_TIMEOUT (default 180, enough at a load average of 8 on 2 cores)."""
+    return float(os.environ.get("BACKFILL_TEST_SERVER_TIMEOUT", "180"))
+
+
+def prefect_server_timeout() -> float:
+    """Seconds to wait for a Prefect server (or a worker to come online): twice the above,
+    it imports far more and migrates its own database first."""
+    return 2 * server_timeout()
+
+
+# Every process group a test started (leader pid -> what it is), until it is stopped.
+# pytest_sessionfinish kills (and reports) whatever is still alive in any of them.
+STARTED: dict[int, str] = {}
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of live processes in session `sid` (Linux /proc): a process started with
+    `start_new_session=True` and every child it started, even one its parent left behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp session ...: comm may hold spaces, split after ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(entry.name))
+    return found
+
+
+def spawn(what: str, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Popen in a session of its own (so the whole tree can be killed), registered until
+    `stop_group` has emptied it."""
+    process: subprocess.Popen[Any] = subprocess.Popen(args, start_new_session=True, **kwargs)
+    STARTED[process.pid] = what
+    return process
+
+
+def stop_group(
+    process: subprocess.Popen[Any], timeout: float = 20.0, *, kill: bool = False
+) -> None:
+    """Stop a process started by `spawn` and every child it started: SIGTERM (SIGKILL when
+    `kill`), SIGKILL after `timeout` s, then SIGKILL whatever of its session is left."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+        except ProcessLookupError:
+            process.wait(timeout=timeout)
+    # Children that outlived their parent (same session id as the leader's pid).
+    deadline = time.monotonic() + timeout
+    while session_members(process.pid):
+        for pid in session_members(process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of session {process.pid} survive SIGKILL")
+        time.sleep(0.05)
+    STARTED.pop(process.pid, None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run loudly if a process a test started is still alive, and kill it."""
+    leftovers = {
+        leader: (what, members)
+        for leader, what in STARTED.items()
+        if (members := session_members(leader))
+    }
+    STARTED.clear()
+    if not leftovers:
+        return
+    for members in (members for _, members in leftovers.values()):
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    lines = "\n".join(
+        f"  {what} (session {leader}): pids {members}"
+        for leader, (what, members) in leftovers.items()
+    )
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"processes started by the tests were still running; killed them:\n{lines}"
+    if reporter is not None:
+        reporter.write_sep("!", "LEFTOVER PROCESSES", red=True, bold=True)
+        reporter.write_line(message)
+    else:
+        print(message, file=sys.stderr)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _postgres_database(server_url: str) -> Iterator[str]:
@@ -142,52 +246,68 @@ class LiveApi:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    #: Every uvicorn this object started (the leader of a session of its own each).
+    pids: list[int] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        """Start uvicorn and wait for `/health` to answer 200 (on a deadline of
+        `server_timeout()` s); on any failure the process group is killed before raising."""
         env = os.environ | {"BACKFILL_DATABASE_URL": self.database_url}
-        log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+        with open(self.log_path or os.devnull, "ab") as log:
+            self.process = spawn(
+                f"uvicorn api.main:app on port {self.port}",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "api.main:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        self.pids.append(self.process.pid)
+        try:
+            self._wait_healthy(server_timeout() if timeout is None else timeout)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
+        last = "no answer"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"API exited with {self.process.returncode}; see {self.log_path}"
                 )
             try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                answer = httpx.get(f"{self.url}/api/v1/health", timeout=2)
+                if answer.status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
+                last = f"{answer.status_code} {answer.text[:200]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
             time.sleep(0.1)
-        raise RuntimeError("API did not become healthy in time")
+        raise RuntimeError(
+            f"API did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
+            f"last answer: {last}; see {self.log_path}"
+        )
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            self.process.wait(timeout=15)
+        if self.process is not None:
+            stop_group(self.process, timeout=15, kill=kill)
         self.process = None
 
     def restart(self) -> None:

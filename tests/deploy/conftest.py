@@ -5,11 +5,12 @@ prefect.yaml, and a process worker started from the project folder."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
-import signal
 import sqlite3
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,12 +21,33 @@ import httpx
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from tests.conftest import ROOT, TABLES, LiveApi, free_port
+from tests.conftest import (
+    ROOT,
+    TABLES,
+    LiveApi,
+    free_port,
+    prefect_server_timeout,
+    session_members,
+    spawn,
+    stop_group,
+)
+
+__all__ = ["session_members", "stop_group"]  # re-exported for the tests of this folder
 
 T = TypeVar("T")
 
 #: Seconds a deployment run may take from `prefect deployment run` to a final state.
 RUN_TIMEOUT = 120
+
+#: How often the test server's scheduler loop runs (Prefect's default is 60 s): short, so
+#: the schedule test sees the loop at work in seconds. The other loops keep their defaults.
+SCHEDULER_LOOP_SECONDS = 2
+
+#: The start of a line of the server log: "21:20:03.913 | ERROR   | logger.name - message".
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (?P<level>\w+) +\| (?P<logger>\S+) - ")
+
+#: Loggers of the server's loops: Prefect's services, and docket, which runs them.
+LOOP_LOGGERS = ("prefect.server.services", "docket")
 
 
 def wait_for(
@@ -42,39 +64,6 @@ def wait_for(
         time.sleep(every)
 
 
-def stop_group(process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    """Stop a process started with `start_new_session=True`, and every child it started."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=timeout)
-    # Children that outlived their parent (same session id as the leader's pid).
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def session_members(sid: int) -> list[int]:
-    """Pids of live processes in session `sid` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ...: comm may hold spaces, split after ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found.append(int(entry.name))
-    return found
-
-
 @dataclass
 class PrefectServer:
     """A real `prefect server start` on 127.0.0.1 with a PREFECT_HOME of its own."""
@@ -83,6 +72,8 @@ class PrefectServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
+    #: Bytes of the server log already checked for loop errors (`no_server_loop_errors`).
+    checked: int = 0
 
     @property
     def url(self) -> str:
@@ -110,28 +101,81 @@ class PrefectServer:
         }
         return env | extra
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        """Start the server and wait for `/health` (on a deadline of
+        `prefect_server_timeout()` s); on any failure its process group is killed."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = (self.home / "server.log").open("ab")
-        self.process = subprocess.Popen(
+        self.process = spawn(
+            f"prefect server on port {self.port}",
             shlex.split(f"uv run prefect server start --host 127.0.0.1 --port {self.port}"),
             cwd=ROOT,
-            env=self.env(PREFECT_UI_ENABLED="true"),
+            env=self.env(
+                PREFECT_UI_ENABLED="true",
+                PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS=str(SCHEDULER_LOOP_SECONDS),
+                # A run refused the deployment's slot tries again after 5 s (default 30).
+                PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5",
+            ),
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
 
         def healthy() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
-                pytest.fail(f"prefect server exited; see {self.home / 'server.log'}")
+                pytest.fail(f"prefect server exited; see {self.log_path}")
             try:
                 return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_for("the Prefect server", healthy, timeout=timeout)
+        try:
+            wait_for(
+                "the Prefect server (BACKFILL_TEST_SERVER_TIMEOUT)",
+                healthy,
+                timeout=prefect_server_timeout() if timeout is None else timeout,
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "server.log"
+
+    def errors(self, since: int = 0) -> list[tuple[str, str]]:
+        """(logger, text) of every ERROR or CRITICAL entry of the server log from byte `since`
+        on, with its traceback; a traceback outside such an entry has logger "?"."""
+        with self.log_path.open("rb") as log:
+            log.seek(since)
+            text = log.read().decode(errors="replace")
+        found: list[tuple[str, list[str]]] = []
+        current: list[str] | None = None
+        for line in text.splitlines():
+            match = LOG_LINE.match(line)
+            if match:
+                current = None
+                if match["level"] in ("ERROR", "CRITICAL"):
+                    current = [line]
+                    found.append((match["logger"], current))
+            elif current is not None:
+                current.append(line)
+            elif line.startswith("Traceback (most recent call last)"):
+                current = [line]
+                found.append(("?", current))
+        return [(logger, "\n".join(lines[:40])) for logger, lines in found]
+
+    def service_errors(self, since: int = 0) -> list[str]:
+        """What a loop of the server (scheduler, late runs, repossessor, ...) logged when it
+        raised, from byte `since` of the server log on; also any stray traceback."""
+        return [
+            text
+            for logger, text in self.errors(since)
+            if logger == "?" or logger.startswith(LOOP_LOGGERS)
+        ]
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
 
     def stop(self) -> None:
         if self.process is not None:
@@ -139,6 +183,7 @@ class PrefectServer:
             self.process = None
         if self.log is not None:
             self.log.close()
+            self.log = None
 
     def cli(
         self, command: str, *, check: bool = True, timeout: float = RUN_TIMEOUT, **env: str
@@ -173,6 +218,28 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_server_loop_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test during which the Prefect server logged a traceback or an ERROR: what a
+    broken loop (the scheduler under SQLAlchemy 2.1, say) logs while every API call works."""
+    if "prefect_server" not in request.fixturenames:
+        yield
+        return
+    server: PrefectServer = request.getfixturevalue("prefect_server")
+    yield
+    size = server.log_size()
+    errors = server.service_errors(since=server.checked)
+    others = [text for logger, text in server.errors(since=server.checked) if text not in errors]
+    server.checked = size
+    for text in others:  # e.g. "database is locked" persisting a worker heartbeat, under load
+        warnings.warn(f"the Prefect server logged an error:\n{text}", stacklevel=1)
+    if errors:
+        pytest.fail(
+            f"the Prefect server logged {len(errors)} error(s) ({server.log_path}):\n"
+            + "\n---\n".join(errors[:3])
+        )
 
 
 @dataclass
@@ -272,10 +339,8 @@ class Deployed:
     deployments: dict[str, Any]  # full name -> DeploymentResponse
 
 
-@pytest.fixture(scope="session")
-def deployed(prefect_server: PrefectServer) -> Deployed:
-    """The documented commands: create the pool, deploy everything, then pause schedules."""
-    prefect_server.cli("uv run prefect work-pool create backfills --type process")
+def deploy_all(prefect_server: PrefectServer) -> list[str]:
+    """`uv run prefect deploy --all` (of the deployable part of prefect.yaml); the names."""
     names, filtered = deployable()
     command = "uv run prefect deploy --all"
     if filtered is not None:  # some flow modules have not landed yet: deploy the others
@@ -288,6 +353,14 @@ def deployed(prefect_server: PrefectServer) -> Deployed:
             # Prefect 3.8.8's client sends `"limit": null`; FastAPI >= 0.151 answers 422.
             hint = "\nFastAPI >= 0.151 breaks Prefect's server here: pin fastapi<0.151.\n"
         pytest.fail(f"{command} exited {done.returncode}:{hint}\n{done.stdout}\n{done.stderr}")
+    return names
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server: PrefectServer) -> Deployed:
+    """The documented commands: create the pool, deploy everything, then pause schedules."""
+    prefect_server.cli("uv run prefect work-pool create backfills --type process")
+    names = deploy_all(prefect_server)
     with prefect_server.client() as client:
         snapshot = {name: client.read_deployment_by_name(name) for name in names}
     # No nightly run may fire while the tests run (a test at 01:00 UTC would see one).
@@ -323,13 +396,13 @@ def worker(
         PREFECT_WORKER_PREFETCH_SECONDS="5",
     )
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
+        process = spawn(
+            "prefect worker",
             shlex.split("uv run prefect worker start --pool backfills"),
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
     worker = Worker(process=process, log_path=log_path)
 
@@ -340,7 +413,7 @@ def worker(
             return any(w.status == "ONLINE" for w in client.read_workers_for_work_pool("backfills"))
 
     try:
-        wait_for("the worker to come online", online, timeout=90, every=0.5)
+        wait_for("the worker to come online", online, timeout=prefect_server_timeout(), every=0.5)
         yield worker
     finally:
         stop_group(process)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import spawn
 from tests.deploy.conftest import session_members
 
 pytestmark = pytest.mark.e2e
@@ -43,14 +44,14 @@ def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> No
         if not k.startswith(("PREFECT_", "BACKFILL_")) and "DATABASE" not in k
     }
     started = time.monotonic()
-    demo = subprocess.Popen(
+    demo = spawn(
+        "the demo",
         [*demo_command(), "--keep", "--workdir", str(workdir)],
         cwd=tmp_path,
         env=env | {"COLUMNS": "160"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
     )
     try:
         stdout, stderr = demo.communicate(timeout=DEMO_TIMEOUT)
@@ -95,4 +96,6 @@ def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> No
             deadline = time.monotonic() + 15
             while Path(f"/proc/{kept_pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):  # SIGTERM was not enough
+                os.kill(kept_pid, signal.SIGKILL)
     assert seconds < DEMO_TIMEOUT

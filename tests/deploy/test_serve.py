@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from deployments.definitions import ROOT, load_definitions
+from tests.conftest import prefect_server_timeout, spawn
 from tests.deploy.conftest import (
     DeployApi,
     PrefectServer,
@@ -40,13 +41,13 @@ def test_serve_registers_every_deployment_and_runs_them(
         BACKFILL_MEDIA_ROOT=str(deploy_api.media_root),
         PREFECT_RUNNER_POLL_FREQUENCY="1",
     )
-    serve = subprocess.Popen(
+    serve = spawn(
+        "deployments.serve",
         shlex.split("uv run python -m deployments.serve"),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
     try:
         names = [f"{spec.load_flow().name}/{spec.name}" for spec in specs]
@@ -64,7 +65,9 @@ def test_serve_registers_every_deployment_and_runs_them(
                     return None
             return found if all(d.work_pool_name is None for d in found) else None
 
-        deployments = wait_for("serve to register its deployments", served, timeout=90)
+        deployments = wait_for(
+            "serve to register its deployments", served, timeout=prefect_server_timeout()
+        )
         for spec, deployment in zip(specs, deployments, strict=True):
             assert deployment.entrypoint == spec.entrypoint  # type: ignore[attr-defined]
             assert deployment.parameters == spec.parameters  # type: ignore[attr-defined]

@@ -1,0 +1,73 @@
+"""The server fixtures stop what they start, even when the server never comes up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, STARTED, LiveApi, server_timeout, session_members
+
+
+def test_an_api_that_never_becomes_healthy_is_still_killed(tmp_path: Path) -> None:
+    # uvicorn starts, but /health could only answer 503: its database is unreachable.
+    api = LiveApi(
+        database_url="postgresql+psycopg://nobody:secret@127.0.0.1:9/none?connect_timeout=1",
+        admin_token="-",
+        reader_token="-",
+        log_path=tmp_path / "api.log",
+    )
+    # The deadline comes while the process is alive: start() kills its group, then raises.
+    with pytest.raises(RuntimeError, match="did not become healthy in 3 s"):
+        api.start(timeout=3)
+    (leader,) = api.pids
+    assert api.process is None
+    assert session_members(leader) == []
+    assert leader not in STARTED
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{api.url}/api/v1/health", timeout=2)
+
+
+def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
+    api = LiveApi(
+        database_url="nonsense://",
+        admin_token="-",
+        reader_token="-",
+        log_path=tmp_path / "api.log",
+    )
+    with pytest.raises(RuntimeError, match="API exited with"):
+        api.start()
+    (leader,) = api.pids
+    assert session_members(leader) == [] and leader not in STARTED
+
+
+def test_a_server_left_running_fails_the_session_and_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import pytest_sessionfinish  # noqa: F401\n"
+    )
+    (tmp_path / "test_leak.py").write_text(
+        "import pathlib\n"
+        "from tests.conftest import spawn\n\n"
+        "def test_leaks():\n"
+        "    process = spawn('a forgotten server', ['sleep', '600'])\n"
+        "    pathlib.Path('pid').write_text(str(process.pid))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", "/dev/null", "."],
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=server_timeout(),
+    )
+    # The test passed, yet the session fails, says what it killed, and killed it.
+    assert "1 passed" in done.stdout, done.stdout
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
+    assert "LEFTOVER PROCESSES" in done.stdout
+    assert "a forgotten server (session " in done.stdout
+    pid = int((tmp_path / "pid").read_text())
+    assert session_members(pid) == []
