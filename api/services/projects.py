@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
+from api.core.db import upsert
 from api.models import Clip, Media, Owner, Project, RenderUsage, Tier, uri_key, utcnow
 from api.schemas import (
     BackfillKind,
@@ -25,16 +26,10 @@ from api.schemas import (
     TierIn,
     TierPublic,
 )
-from api.services.batches import (
-    Outcome,
-    claim_key,
-    clear_failures,
-    dedupe,
-    record_invalid,
-    remember_response,
-    request_fingerprint,
-    upsert,
-)
+from api.services.errors import Conflict, NotFound
+from api.services.idempotency import claim_key, remember_response, request_fingerprint
+from api.services.ledger import clear_failures, record_invalid
+from api.services.outcome import Outcome, dedupe
 
 TIERS = Tier.__table__  # type: ignore[attr-defined]
 OWNERS = Owner.__table__  # type: ignore[attr-defined]
@@ -50,14 +45,6 @@ TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
 }
 
 DEFAULT_TIER = "free"
-
-
-class NotFound(Exception):
-    """A referenced row does not exist; the message names it."""
-
-
-class Conflict(Exception):
-    """The request is valid but the current state forbids it."""
 
 
 def put_tier(*, session: Session, name: str, tier_in: TierIn) -> TierPublic:
@@ -365,7 +352,9 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         done.append(item.project_id)
     if not batch.dry_run:
         clear_failures(session, BackfillKind.CLIP_COMPILE, done + outcome.unchanged)
-        record_invalid(session=session, kind=BackfillKind.CLIP_COMPILE, outcome=outcome)
+        record_invalid(
+            session=session, kind=BackfillKind.CLIP_COMPILE, outcome=outcome, refuse=fail_projects
+        )
     return outcome.result(dry_run=batch.dry_run)
 
 
