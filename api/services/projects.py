@@ -45,6 +45,8 @@ TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
 }
 
 DEFAULT_TIER = "free"
+#: The backfill kind of this module: its failure ledger rows carry this kind.
+KIND = BackfillKind.CLIP_COMPILE
 
 
 def put_tier(*, session: Session, name: str, tier_in: TierIn) -> TierPublic:
@@ -184,7 +186,7 @@ def set_status(
         raise Conflict(f"Cannot move a project from {current} to {status}")
     if current is ProjectStatus.FAILED and status is ProjectStatus.QUEUED:
         # An operator's requeue is a fresh start: the project leaves quarantine too.
-        clear_failures(session, BackfillKind.CLIP_COMPILE, [project_id])
+        clear_failures(session, KIND, [project_id])
     project.status = status.value
     project.reason = reason if status is ProjectStatus.FAILED else None
     project.revision += 1
@@ -351,10 +353,8 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         session.flush()
         done.append(item.project_id)
     if not batch.dry_run:
-        clear_failures(session, BackfillKind.CLIP_COMPILE, done + outcome.unchanged)
-        record_invalid(
-            session=session, kind=BackfillKind.CLIP_COMPILE, outcome=outcome, refuse=fail_projects
-        )
+        clear_failures(session, KIND, done + outcome.unchanged)
+        record_invalid(session=session, kind=KIND, outcome=outcome, refuse=fail_projects)
     return outcome.result(dry_run=batch.dry_run)
 
 

@@ -89,26 +89,16 @@ def coverage(*, session: Session, max_attempts: int, lease_seconds: float) -> Co
         quarantined = and_(failed, FAILURES.c.attempts >= max_attempts)
         stmt = (
             select(
-                func.count(),
-                func.count().filter(spec.done(todo)),
-                func.count().filter(and_(todo, _not_quarantined(max_attempts))),
-                func.count().filter(failed),
-                func.count().filter(quarantined),
+                func.count().label("total"),
+                func.count().filter(spec.done(todo)).label("done"),
+                func.count().filter(and_(todo, _not_quarantined(max_attempts))).label("pending"),
+                func.count().filter(failed).label("failed"),
+                func.count().filter(quarantined).label("quarantined"),
             )
             .select_from(_with_ledger(kind))
             .where(spec.scope)
         )
-        total, n_done, pending, n_failed, n_quarantined = session.execute(stmt).one()
-        kinds.append(
-            KindCoverage(
-                kind=kind,
-                total=total,
-                done=n_done,
-                pending=pending,
-                failed=n_failed,
-                quarantined=n_quarantined,
-            )
-        )
+        kinds.append(KindCoverage(kind=kind, **session.execute(stmt).one()._asdict()))
     return Coverage(kinds=kinds)
 
 
