@@ -1,11 +1,13 @@
 """Work pages, coverage, and the batch-apply endpoints, one per kind."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from sqlmodel import Session
 
 from api.deps import (
     Admin,
+    BatchContext,
     BatchDep,
     Caller,
     ReadSessionDep,
@@ -174,10 +176,10 @@ def create_failures(
 
 def _apply(
     kind: BackfillKind,
-    session: SessionDep,
+    session: Session,
     caller: ApiToken,
-    batch: BatchDep,
-    body: BatchRequest,  # type: ignore[type-arg]
+    batch: BatchContext,
+    body: BatchRequest[Any],
 ) -> BatchResult:
     """Apply one batch of `kind`'s results, audited and exactly once per Idempotency-Key."""
     return batch.run(
