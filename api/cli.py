@@ -54,13 +54,14 @@ def serve(
     )
 
 
-def _migrate(url: str) -> None:
+def _migrate(url: str) -> str:
+    """Upgrade the schema at `url`; returns what was done, in a few words."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from api.migrate import upgrade
 
     try:
-        upgrade(url)
+        return upgrade(url).describe()
     except SQLAlchemyError as exc:
         reason = getattr(exc, "orig", None) or exc
         raise _fail(f"cannot migrate {_safe(url)}: {reason}") from None
@@ -78,8 +79,8 @@ def migrate() -> None:
     from api.core.config import get_settings
 
     url = get_settings().DATABASE_URL
-    _migrate(url)
-    typer.echo(f"schema up to date: {_safe(url)}")
+    done = _migrate(url)
+    typer.echo(f"{done}: {_safe(url)}")
 
 
 @token_app.command("create")
@@ -88,7 +89,8 @@ def token_create(
     role: Annotated[Role, typer.Option(help="admin may write; reader may only read.")] = Role.admin,
 ) -> None:
     """Create a token and print it once; only its hash is stored."""
-    from api.services.tokens import TokenError, create_token
+    from api.services.errors import TokenError
+    from api.services.tokens import create_token
 
     try:
         token = create_token(name=name, role=role.value)
@@ -100,7 +102,8 @@ def token_create(
 @token_app.command("revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
     """Revoke a token: it is refused from now on."""
-    from api.services.tokens import TokenError, revoke_token
+    from api.services.errors import TokenError
+    from api.services.tokens import revoke_token
 
     try:
         revoke_token(name=name)

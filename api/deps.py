@@ -19,7 +19,8 @@ from sqlmodel import Session
 from api.core.config import Settings
 from api.core.security import hash_token, same_hash
 from api.models import ApiToken
-from api.schemas import BatchResult, ErrorBody, ValidationErrorBody
+from api.schemas import BatchRequest, BatchResult, ErrorBody, ValidationErrorBody
+from api.services.batches import ResultT, run_batch
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -91,6 +92,30 @@ class BatchContext:
     idempotency_key: str | None
     flow_run_id: str | None
     observe: Callable[[str, BatchResult], None]
+
+    def run(
+        self,
+        *,
+        session: Session,
+        caller: ApiToken,
+        kind: str,
+        body: BatchRequest[Any],
+        apply: Callable[[], ResultT],
+        result_type: type[ResultT],
+    ) -> ResultT:
+        """`run_batch` with this request's headers: audited, exactly once per key."""
+        return run_batch(
+            session=session,
+            kind=kind,
+            body=body,
+            dry_run=body.dry_run,
+            apply=apply,
+            result_type=result_type,
+            token_name=caller.name,
+            idempotency_key=self.idempotency_key,
+            flow_run_id=self.flow_run_id,
+            observe=self.observe,
+        )
 
 
 #: No control characters (NUL above all: PostgreSQL text cannot hold it). HTTP servers refuse

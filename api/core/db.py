@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, create_engine
 
@@ -68,3 +69,9 @@ def engine_for(url: str) -> Engine:
 def session_scope(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+def upsert(session: Session, table: Any) -> Any:
+    """`INSERT` with `ON CONFLICT` for the session's dialect (PostgreSQL or SQLite)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)

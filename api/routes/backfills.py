@@ -1,12 +1,13 @@
 """Work pages, coverage, and the batch-apply endpoints, one per kind."""
 
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from sqlmodel import Session
 
 from api.deps import (
     Admin,
+    BatchContext,
     BatchDep,
     Caller,
     ReadSessionDep,
@@ -15,9 +16,11 @@ from api.deps import (
     errors,
     known_query,
 )
+from api.models import ApiToken
 from api.schemas import (
     MAX_PAGE_LIMIT,
     BackfillKind,
+    BatchRequest,
     BatchResult,
     ClipCompileBatch,
     Coverage,
@@ -31,15 +34,8 @@ from api.schemas import (
     SnrFrequencyBatch,
     Version0Batch,
 )
-from api.services.batches import (
-    apply_durations,
-    apply_hashes,
-    apply_snr_frequency,
-    apply_version0,
-    record_failures,
-    run_batch,
-)
-from api.services.projects import apply_clip_compile
+from api.services.kinds import KINDS, kinds_with
+from api.services.ledger import record_failures
 from api.services.work import coverage, failures_page, pending_page
 
 router = APIRouter(prefix="/backfills", tags=["backfills"], responses=errors(401, 422, 503))
@@ -55,6 +51,8 @@ KindPath = Annotated[
         json_schema_extra={"enum": [k.value for k in BackfillKind]},
     ),
 ]
+AfterId = Annotated[int, Query(ge=0, le=2**63 - 1)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)]
 
 
 def parse_kind(kind: str) -> BackfillKind:
@@ -94,8 +92,8 @@ def read_pending(
     _caller: Admin,
     settings: SettingsDep,
     kind: KindPath,
-    after_id: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = 100,
+    after_id: AfterId = 0,
+    limit: Limit = 100,
     media_type: MediaType | None = None,
     only_failed: bool = False,
     algorithm: Annotated[
@@ -106,12 +104,14 @@ def read_pending(
 ) -> PendingPage:
     """One page of work by id; pass `next_after_id` back as `after_id`."""
     the_kind = parse_kind(kind)
+    filters = KINDS[the_kind].filters
     if shard_index >= shard_count:
         raise HTTPException(422, detail="shard_index must be less than shard_count")
-    if algorithm is not None and the_kind is not BackfillKind.FILE_HASHING:
-        raise HTTPException(422, detail="algorithm applies to file-hashing only")
-    if media_type is not None and the_kind is BackfillKind.CLIP_COMPILE:
-        raise HTTPException(422, detail="media_type does not apply to clip-compile")
+    if algorithm is not None and "algorithm" not in filters:
+        only = ", ".join(kinds_with("algorithm"))
+        raise HTTPException(422, detail=f"algorithm applies to {only} only")
+    if media_type is not None and "media_type" not in filters:
+        raise HTTPException(422, detail=f"media_type does not apply to {the_kind}")
     return pending_page(
         session=session,
         kind=the_kind,
@@ -137,8 +137,8 @@ def read_failures(
     _caller: Caller,
     settings: SettingsDep,
     kind: KindPath,
-    after_id: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = 100,
+    after_id: AfterId = 0,
+    limit: Limit = 100,
     quarantined_only: bool = False,
 ) -> FailurePage:
     """The failure ledger: each failed record, its attempts and its last error."""
@@ -162,57 +162,71 @@ def create_failures(
 ) -> BatchResult:
     """Record per-record failures; for clip-compile the project becomes `failed`."""
     the_kind = parse_kind(kind)
-    return run_batch(
+    return batch.run(
         session=session,
-        kind=f"{the_kind.value}/failures",
+        caller=caller,
+        kind=f"{the_kind}/failures",
         body=body,
-        dry_run=body.dry_run,
-        apply=lambda: record_failures(session=session, kind=the_kind, batch=body),
+        apply=lambda: record_failures(
+            session=session, kind=the_kind, batch=body, refuse=KINDS[the_kind].refuse
+        ),
         result_type=BatchResult,
-        token_name=caller.name,
-        idempotency_key=batch.idempotency_key,
-        flow_run_id=batch.flow_run_id,
-        observe=batch.observe,
     )
 
 
-def _add_batch_route(
-    kind: BackfillKind, body_type: Any, apply: Callable[..., BatchResult], doc: str
-) -> None:
-    # Annotations are built at runtime here, so FastAPI sees each kind's own body model.
-    def endpoint(session: SessionDep, caller: Admin, batch: BatchDep, body: Any) -> Any:
-        return run_batch(
-            session=session,
-            kind=kind.value,
-            body=body,
-            dry_run=body.dry_run,
-            apply=lambda: apply(session=session, batch=body),
-            result_type=BatchResult,
-            token_name=caller.name,
-            idempotency_key=batch.idempotency_key,
-            flow_run_id=batch.flow_run_id,
-            observe=batch.observe,
-        )
-
-    endpoint.__annotations__ = {
-        "session": SessionDep,
-        "caller": Admin,
-        "batch": BatchDep,
-        "body": body_type,
-        "return": BatchResult,
-    }
-    endpoint.__doc__ = doc
-    name = "apply_" + kind.value.replace("-", "_")
-    router.add_api_route(
-        f"/{kind.value}", endpoint, methods=["POST"], name=name, responses=BATCH_ERRORS
+def _apply(
+    kind: BackfillKind,
+    session: Session,
+    caller: ApiToken,
+    batch: BatchContext,
+    body: BatchRequest[Any],
+) -> BatchResult:
+    """Apply one batch of `kind`'s results, audited and exactly once per Idempotency-Key."""
+    return batch.run(
+        session=session,
+        caller=caller,
+        kind=kind.value,
+        body=body,
+        apply=lambda: KINDS[kind].apply(session=session, batch=body),
+        result_type=BatchResult,
     )
 
 
-for _kind, _body, _apply, _doc in (
-    (BackfillKind.MEDIA_DURATION, DurationBatch, apply_durations, "Set durations (s)."),
-    (BackfillKind.FILE_HASHING, HashBatch, apply_hashes, "Set content hashes."),
-    (BackfillKind.SNR_FREQUENCY, SnrFrequencyBatch, apply_snr_frequency, "Set SNR and frequency."),
-    (BackfillKind.VERSION_0, Version0Batch, apply_version0, "Upgrade legacy records (CAS)."),
-    (BackfillKind.CLIP_COMPILE, ClipCompileBatch, apply_clip_compile, "Record compiled videos."),
-):
-    _add_batch_route(_kind, _body, _apply, _doc)
+@router.post("/media-duration", responses=BATCH_ERRORS)
+def apply_media_duration(
+    session: SessionDep, caller: Admin, batch: BatchDep, body: DurationBatch
+) -> BatchResult:
+    """Set durations (s)."""
+    return _apply(BackfillKind.MEDIA_DURATION, session, caller, batch, body)
+
+
+@router.post("/file-hashing", responses=BATCH_ERRORS)
+def apply_file_hashing(
+    session: SessionDep, caller: Admin, batch: BatchDep, body: HashBatch
+) -> BatchResult:
+    """Set content hashes."""
+    return _apply(BackfillKind.FILE_HASHING, session, caller, batch, body)
+
+
+@router.post("/snr-frequency", responses=BATCH_ERRORS)
+def apply_snr_frequency(
+    session: SessionDep, caller: Admin, batch: BatchDep, body: SnrFrequencyBatch
+) -> BatchResult:
+    """Set SNR and frequency."""
+    return _apply(BackfillKind.SNR_FREQUENCY, session, caller, batch, body)
+
+
+@router.post("/version-0", responses=BATCH_ERRORS)
+def apply_version_0(
+    session: SessionDep, caller: Admin, batch: BatchDep, body: Version0Batch
+) -> BatchResult:
+    """Upgrade legacy records (CAS)."""
+    return _apply(BackfillKind.VERSION_0, session, caller, batch, body)
+
+
+@router.post("/clip-compile", responses=BATCH_ERRORS)
+def apply_clip_compile(
+    session: SessionDep, caller: Admin, batch: BatchDep, body: ClipCompileBatch
+) -> BatchResult:
+    """Record compiled videos."""
+    return _apply(BackfillKind.CLIP_COMPILE, session, caller, batch, body)

@@ -12,7 +12,6 @@ from api.schemas import (
     MediaRegisterResult,
     MediaType,
 )
-from api.services.batches import run_batch
 from api.services.media import list_media, register_media
 
 router = APIRouter(prefix="/media", tags=["media"], responses=errors(401, 422, 503))
@@ -23,17 +22,13 @@ def create_media(
     session: SessionDep, caller: Admin, batch: BatchDep, body: MediaRegisterBatch
 ) -> MediaRegisterResult:
     """Register a batch of files; a uri already known is reported, not duplicated."""
-    return run_batch(
+    return batch.run(
         session=session,
+        caller=caller,
         kind="media",
         body=body,
-        dry_run=body.dry_run,
         apply=lambda: register_media(session=session, batch=body),
         result_type=MediaRegisterResult,
-        token_name=caller.name,
-        idempotency_key=batch.idempotency_key,
-        flow_run_id=batch.flow_run_id,
-        observe=batch.observe,
     )
 
 

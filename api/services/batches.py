@@ -1,88 +1,42 @@
-"""Apply result batches: compare with stored values, write changed rows in one statement.
+"""Apply result batches of the media kinds: compare with stored values, write the changed
+rows in one statement.
 
-Every kind goes through `run_batch`, which adds the idempotency record and the audit row
+Every batch goes through `run_batch`, which adds the idempotency record and the audit row
 in the same transaction as the writes, so a batch is applied whole and exactly once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from api.models import Audit, BackfillFailure, IdempotencyRecord, Media, uri_key, utcnow
+from api.models import Audit, Media, uri_key, utcnow
 from api.schemas import (
     BackfillKind,
     BatchRequest,
     BatchResult,
     DurationResult,
-    FailureItem,
     HashResult,
-    Rejection,
     SnrFrequencyResult,
     Version0Result,
 )
+from api.services.idempotency import claim_key, remember_response, request_fingerprint
+from api.services.ledger import record_invalid, settle_failures
+from api.services.outcome import Outcome, dedupe
 
 ResultT = TypeVar("ResultT", bound=BatchResult)
-M = TypeVar("M", bound=BaseModel)
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
-FAILURES = BackfillFailure.__table__  # type: ignore[attr-defined]
-
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with a different request."""
-
-
-@dataclass
-class Outcome:
-    """What a kind's applier decided, before anything is written."""
-
-    rejected: list[Rejection] = field(default_factory=list)
-    unchanged: list[int] = field(default_factory=list)
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    #: Rejected for a value that will be wrong again next time: these go to the ledger.
-    invalid: list[FailureItem] = field(default_factory=list)
-
-    def reject(self, record_id: int | None, reason: str) -> None:
-        """Refuse an item that may apply later (a conflict, a record not found)."""
-        self.rejected.append(Rejection(record_id=record_id, reason=reason))
-
-    def reject_invalid(self, record_id: int, reason: str) -> None:
-        """Refuse a computed value for good: the record gets a failure-ledger attempt in the
-        same transaction, so it is quarantined like a bad file instead of sent every run."""
-        self.reject(record_id, reason)
-        self.invalid.append(FailureItem(record_id=record_id, error=reason))
-
-    def done_ids(self) -> list[int]:
-        """Records that now hold the values sent: changed or already equal."""
-        return [c["id"] for c in self.changes] + self.unchanged
-
-    def result(self, *, dry_run: bool) -> BatchResult:
-        return BatchResult(
-            applied=len(self.changes),
-            unchanged=len(self.unchanged),
-            rejected=self.rejected,
-            dry_run=dry_run,
-        )
-
-
-def request_fingerprint(scope: str, body: BaseModel) -> str:
-    """A stable hash of what was asked: the endpoint and the validated body."""
-    payload = scope.encode() + b"\n" + body.model_dump_json().encode()
-    return hashlib.sha256(payload).hexdigest()
 
 
 def run_batch(
@@ -124,75 +78,6 @@ def run_batch(
     if observe is not None:
         observe(kind, result)
     return result
-
-
-def claim_key(session: Session, key: str, fingerprint: str, result_type: type[M]) -> M | None:
-    """The stored response of a request already made under `key` (the transaction is then
-    ended), or None after claiming the key in this transaction for the work to follow.
-
-    The key row is written before the work: a concurrent request with the same key blocks on
-    it (PostgreSQL) or on the write lock (SQLite), then finds it and replays. The same key
-    with another request is an `IdempotencyConflict`."""
-    stored = _stored_response(session, key, fingerprint, result_type)
-    if stored is not None:
-        session.rollback()
-        return stored
-    session.add(IdempotencyRecord(key=key, request_hash=fingerprint, response=""))
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        session.rollback()
-        stored = _stored_response(session, key, fingerprint, result_type)
-        session.rollback()
-        if stored is None:  # pragma: no cover - the other writer rolled back
-            raise IdempotencyConflict("Idempotency-Key is in use by another request.") from exc
-        return stored
-    return None
-
-
-def remember_response(session: Session, key: str, response: BaseModel) -> None:
-    """Store the response of the work done under a claimed key (commit follows)."""
-    session.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.key == key)  # type: ignore[arg-type]
-        .values(response=response.model_dump_json())
-    )
-
-
-def purge_idempotency_keys(*, session: Session, older_than: datetime) -> int:
-    """Forget keys created before `older_than`; returns how many went."""
-    table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
-    result = session.execute(delete(table).where(table.c.created_at < older_than))
-    session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-def _stored_response(
-    session: Session, key: str, fingerprint: str, result_type: type[M]
-) -> M | None:
-    record = session.get(IdempotencyRecord, key)
-    if record is None:
-        return None
-    if record.request_hash != fingerprint:
-        raise IdempotencyConflict("Idempotency-Key was already used with a different request body.")
-    return result_type.model_validate_json(record.response)
-
-
-# --- Helpers shared by the media kinds ------------------------------------------------------
-
-
-def dedupe(items: Sequence[Any], outcome: Outcome, *, key: str = "record_id") -> list[Any]:
-    """Keep the first item per record; later duplicates are rejected by themselves."""
-    seen: set[int] = set()
-    kept = []
-    for item in items:
-        rid = getattr(item, key)
-        if rid in seen:
-            outcome.reject(rid, "duplicate record_id in this batch")
-            continue
-        seen.add(rid)
-        kept.append(item)
-    return kept
 
 
 def lock_media(session: Session, ids: Iterable[int], *columns: str) -> dict[int, Any]:
@@ -256,25 +141,6 @@ def write_media(session: Session, changes: list[dict[str, Any]], now: datetime) 
     conn.exec_driver_sql(
         sql, [(*(change[c] for c in columns), stamp, change["id"]) for change in changes]
     )
-
-
-def settle_failures(session: Session, kind: str, done: list[int]) -> None:
-    """Done records leave the failure ledger (found by an index range scan, usually empty)."""
-    if not done:
-        return
-    in_range = session.execute(
-        select(FAILURES.c.record_id).where(
-            FAILURES.c.kind == kind, FAILURES.c.record_id.between(min(done), max(done))
-        )
-    ).scalars()
-    clear_failures(session, kind, sorted(set(in_range).intersection(done)))
-
-
-def clear_failures(session: Session, kind: str, ids: list[int]) -> None:
-    if ids:
-        session.execute(
-            delete(FAILURES).where(FAILURES.c.kind == kind, FAILURES.c.record_id.in_(ids))
-        )
 
 
 def same(a: float | None, b: float) -> bool:
@@ -452,90 +318,3 @@ def _write_upgrades(session: Session, outcome: Outcome, now: datetime) -> None:
             reason = f"uri {change['uri']!r} is already used by record {owner}"
             outcome.reject_invalid(change["id"], reason)
     outcome.changes = written
-
-
-def record_failures(
-    *, session: Session, kind: BackfillKind, batch: BatchRequest[FailureItem]
-) -> BatchResult:
-    """Add one attempt per item to the ledger; a clip-compile failure also fails the project."""
-    outcome = Outcome()
-    kept = dedupe(batch.items, outcome)
-    _add_attempts(session=session, kind=kind, items=kept, dry_run=batch.dry_run, outcome=outcome)
-    return outcome.result(dry_run=batch.dry_run)
-
-
-def record_invalid(*, session: Session, kind: BackfillKind, outcome: Outcome) -> None:
-    """Ledger attempts for the values a batch refused for good (see `Outcome.reject_invalid`)."""
-    if outcome.invalid:
-        _add_attempts(session=session, kind=kind, items=outcome.invalid, dry_run=False)
-
-
-def _add_attempts(
-    *,
-    session: Session,
-    kind: BackfillKind,
-    items: Sequence[FailureItem],
-    dry_run: bool,
-    outcome: Outcome | None = None,
-) -> None:
-    """One more attempt per item (at most one item per record); refusals go to `outcome`."""
-    from api.services.projects import fail_projects
-
-    outcome = outcome if outcome is not None else Outcome()
-    ids = [i.record_id for i in items]
-    refused: dict[int, str] = {}
-    if kind is BackfillKind.CLIP_COMPILE:
-        refused = fail_projects(session=session, items=items, dry_run=dry_run)
-    else:
-        known = set(session.scalars(select(MEDIA.c.id).where(MEDIA.c.id.in_(ids))))
-        refused = {i: "record not found" for i in ids if i not in known}
-    now = utcnow()
-    rows: list[dict[str, Any]] = []
-    for item in items:
-        if item.record_id in refused:
-            outcome.reject(item.record_id, refused[item.record_id])
-            continue
-        row = {"record_id": item.record_id, "last_error": item.error, "updated_at": now}
-        rows.append(row)
-        outcome.changes.append(row)
-    if dry_run or not rows:
-        return
-    # One upsert: a first failure and a repeated one are the same statement, so two requests
-    # that both see "no row yet" cannot both insert (the unique (kind, record_id) decides, and
-    # the loser adds its attempt to the winner's row). Record order: no deadlock between two
-    # batches of the same records in other orders.
-    stmt = upsert(session, FAILURES)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[FAILURES.c.kind, FAILURES.c.record_id],
-            set_={
-                "attempts": FAILURES.c.attempts + 1,
-                "last_error": stmt.excluded.last_error,
-                "updated_at": stmt.excluded.updated_at,
-            },
-        ),
-        [{"kind": kind.value, **r} for r in sorted(rows, key=lambda r: r["record_id"])],
-    )
-
-
-def upsert(session: Session, table: Any) -> Any:
-    """`INSERT` with `ON CONFLICT` for the session's dialect (PostgreSQL or SQLite)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
-__all__ = [
-    "IdempotencyConflict",
-    "Outcome",
-    "apply_durations",
-    "apply_hashes",
-    "apply_snr_frequency",
-    "apply_version0",
-    "claim_key",
-    "record_failures",
-    "purge_idempotency_keys",
-    "record_invalid",
-    "remember_response",
-    "run_batch",
-    "upsert",
-]

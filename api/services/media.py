@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
+from api.core.db import upsert
 from api.models import Media, uri_key, utcnow
 from api.schemas import (
     BatchRequest,
@@ -46,9 +46,8 @@ def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRe
             }
     created: dict[str, int] = {}
     if fresh and not batch.dry_run:
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
         stmt = (
-            dialect.insert(MEDIA)
+            upsert(session, MEDIA)
             .values(list(fresh.values()))
             .on_conflict_do_nothing(index_elements=["uri_key"])
             .returning(MEDIA.c.uri_key, MEDIA.c.id)

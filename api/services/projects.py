@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
+from api.core.db import upsert
 from api.models import Clip, Media, Owner, Project, RenderUsage, Tier, uri_key, utcnow
 from api.schemas import (
     BackfillKind,
@@ -25,16 +26,10 @@ from api.schemas import (
     TierIn,
     TierPublic,
 )
-from api.services.batches import (
-    Outcome,
-    claim_key,
-    clear_failures,
-    dedupe,
-    record_invalid,
-    remember_response,
-    request_fingerprint,
-    upsert,
-)
+from api.services.errors import Conflict, NotFound
+from api.services.idempotency import claim_key, remember_response, request_fingerprint
+from api.services.ledger import clear_failures, record_invalid
+from api.services.outcome import Outcome, dedupe
 
 TIERS = Tier.__table__  # type: ignore[attr-defined]
 OWNERS = Owner.__table__  # type: ignore[attr-defined]
@@ -50,14 +45,8 @@ TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {
 }
 
 DEFAULT_TIER = "free"
-
-
-class NotFound(Exception):
-    """A referenced row does not exist; the message names it."""
-
-
-class Conflict(Exception):
-    """The request is valid but the current state forbids it."""
+#: The backfill kind of this module: its failure ledger rows carry this kind.
+KIND = BackfillKind.CLIP_COMPILE
 
 
 def put_tier(*, session: Session, name: str, tier_in: TierIn) -> TierPublic:
@@ -197,7 +186,7 @@ def set_status(
         raise Conflict(f"Cannot move a project from {current} to {status}")
     if current is ProjectStatus.FAILED and status is ProjectStatus.QUEUED:
         # An operator's requeue is a fresh start: the project leaves quarantine too.
-        clear_failures(session, BackfillKind.CLIP_COMPILE, [project_id])
+        clear_failures(session, KIND, [project_id])
     project.status = status.value
     project.reason = reason if status is ProjectStatus.FAILED else None
     project.revision += 1
@@ -364,8 +353,8 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         session.flush()
         done.append(item.project_id)
     if not batch.dry_run:
-        clear_failures(session, BackfillKind.CLIP_COMPILE, done + outcome.unchanged)
-        record_invalid(session=session, kind=BackfillKind.CLIP_COMPILE, outcome=outcome)
+        clear_failures(session, KIND, done + outcome.unchanged)
+        record_invalid(session=session, kind=KIND, outcome=outcome, refuse=fail_projects)
     return outcome.result(dry_run=batch.dry_run)
 
 

@@ -10,10 +10,7 @@ from api.core.config import get_settings
 from api.core.db import engine_for
 from api.core.security import hash_token, new_token
 from api.models import ApiToken, utcnow
-
-
-class TokenError(Exception):
-    """A token command that cannot be done; the message says why."""
+from api.services.errors import TokenError
 
 
 def _session(database_url: str | None) -> Session:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, null, or_, select, true
+from sqlalchemy import ColumnElement, and_, func, null, or_, select
 from sqlmodel import Session
 
-from api.models import BackfillFailure, Media, Project, utcnow
+from api.models import Media
 from api.schemas import (
     BackfillKind,
     Coverage,
@@ -19,46 +18,11 @@ from api.schemas import (
     MediaType,
     PendingItem,
     PendingPage,
-    ProjectStatus,
 )
+from api.services.kinds import KINDS
+from api.services.ledger import FAILURES
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
-PROJECTS = Project.__table__  # type: ignore[attr-defined]
-FAILURES = BackfillFailure.__table__  # type: ignore[attr-defined]
-
-
-def _media_todo(kind: BackfillKind, algorithm: HashAlgorithm | None) -> ColumnElement[bool]:
-    """Rows of `media` this kind still has to fill."""
-    current = MEDIA.c.schema_version >= 1
-    if kind is BackfillKind.MEDIA_DURATION:
-        return and_(current, MEDIA.c.duration.is_(None))
-    if kind is BackfillKind.FILE_HASHING:
-        # With an algorithm, a hash made with another one is to be redone; without, any counts.
-        if algorithm is None:
-            return and_(current, MEDIA.c.hash.is_(None))
-        return and_(
-            current,
-            or_(MEDIA.c.hash.is_(None), MEDIA.c.hash_algorithm.is_distinct_from(algorithm.value)),
-        )
-    if kind is BackfillKind.SNR_FREQUENCY:
-        return and_(current, or_(MEDIA.c.snr.is_(None), MEDIA.c.frequency.is_(None)))
-    if kind is BackfillKind.VERSION_0:
-        version0: ColumnElement[bool] = MEDIA.c.schema_version == 0
-        return version0
-    raise ValueError(f"{kind} is not a media kind")
-
-
-def _media_scope(kind: BackfillKind) -> ColumnElement[bool]:
-    """Rows of `media` a kind is about at all (its coverage total)."""
-    return true() if kind is BackfillKind.VERSION_0 else MEDIA.c.schema_version >= 1
-
-
-def _compile_todo(lease_seconds: float) -> ColumnElement[bool]:
-    stale = utcnow() - timedelta(seconds=lease_seconds)
-    return or_(
-        PROJECTS.c.status == ProjectStatus.QUEUED.value,
-        and_(PROJECTS.c.status == ProjectStatus.COMPILING.value, PROJECTS.c.updated_at < stale),
-    )
 
 
 def pending_page(
@@ -76,43 +40,21 @@ def pending_page(
     shard_count: int = 1,
 ) -> PendingPage:
     """One page of work, by id: quarantined records only when `only_failed`."""
-    if kind is BackfillKind.CLIP_COMPILE:
-        table, todo = (
-            PROJECTS,
-            (
-                PROJECTS.c.status == ProjectStatus.FAILED.value
-                if only_failed
-                else _compile_todo(lease_seconds)
-            ),
-        )
-        columns: list[Any] = [PROJECTS.c.id, PROJECTS.c.revision]
-    else:
-        if kind is BackfillKind.FILE_HASHING:
-            algorithm = algorithm or HashAlgorithm.SHA256
-        table, todo = MEDIA, _media_todo(kind, algorithm)
-        columns = [
-            MEDIA.c.id,
-            MEDIA.c.revision,
-            MEDIA.c.uri,
-            MEDIA.c.media_type,
-            MEDIA.c.size_bytes,
-            MEDIA.c.sample_rate,
-            MEDIA.c.channels,
-            MEDIA.c.schema_version,
-        ]
-        if media_type is not None:
-            todo = and_(todo, MEDIA.c.media_type == media_type)
-    ledger = FAILURES.c.kind == kind.value
+    spec = KINDS[kind]
+    table = spec.table
+    todo = spec.todo(algorithm or HashAlgorithm.SHA256, lease_seconds)
+    if media_type is not None:
+        todo = and_(todo, MEDIA.c.media_type == media_type)
+    columns = [table.c.id, table.c.revision, *(table.c[c] for c in spec.details)]
     stmt = (
         select(*columns, func.coalesce(FAILURES.c.attempts, 0).label("attempts"))
-        .select_from(table.outerjoin(FAILURES, and_(ledger, FAILURES.c.record_id == table.c.id)))
-        .where(todo, table.c.id > after_id)
+        .select_from(_with_ledger(kind))
+        .where(table.c.id > after_id)
     )
-    if not only_failed:
-        stmt = stmt.where(_not_quarantined(max_attempts))
-    elif kind is not BackfillKind.CLIP_COMPILE:
-        # A failed project is `failed` even when failed by hand, without a ledger row.
-        stmt = stmt.where(FAILURES.c.id.is_not(None))
+    if only_failed:
+        stmt = stmt.where(spec.failed(todo))
+    else:
+        stmt = stmt.where(todo, _not_quarantined(max_attempts))
     if shard_count > 1:
         stmt = stmt.where(table.c.id % shard_count == shard_index)
     rows = session.execute(stmt.order_by(table.c.id).limit(limit + 1)).mappings().all()
@@ -124,6 +66,14 @@ def pending_page(
     )
 
 
+def _with_ledger(kind: BackfillKind) -> Any:
+    """The kind's rows, each with its ledger row of this kind (or NULLs)."""
+    table = KINDS[kind].table
+    return table.outerjoin(
+        FAILURES, and_(FAILURES.c.kind == kind.value, FAILURES.c.record_id == table.c.id)
+    )
+
+
 def _not_quarantined(max_attempts: int) -> ColumnElement[bool]:
     return or_(FAILURES.c.id.is_(None), FAILURES.c.attempts < max_attempts)
 
@@ -132,46 +82,23 @@ def coverage(*, session: Session, max_attempts: int, lease_seconds: float) -> Co
     """Per kind: total in scope, done, pending (what a default run would take now), failed
     (not done, with a failure on record) and quarantined (failed `max_attempts` times)."""
     kinds = []
-    for kind in BackfillKind:
-        if kind is BackfillKind.CLIP_COMPILE:
-            table, scope = PROJECTS, PROJECTS.c.status != ProjectStatus.DRAFT.value
-            done = PROJECTS.c.status == ProjectStatus.COMPILED.value
-            todo = _compile_todo(lease_seconds)
-            failed = PROJECTS.c.status == ProjectStatus.FAILED.value
-        else:
-            table, scope = MEDIA, _media_scope(kind)
-            # file-hashing counts against the default algorithm, as `/pending` does.
-            todo = _media_todo(kind, HashAlgorithm.SHA256)
-            done = ~todo
-            failed = and_(FAILURES.c.id.is_not(None), todo)
+    for kind, spec in KINDS.items():
+        # file-hashing counts against the default algorithm, as `/pending` does.
+        todo = spec.todo(HashAlgorithm.SHA256, lease_seconds)
+        failed = spec.failed(todo)
         quarantined = and_(failed, FAILURES.c.attempts >= max_attempts)
         stmt = (
             select(
-                func.count(),
-                func.count().filter(done),
-                func.count().filter(and_(todo, _not_quarantined(max_attempts))),
-                func.count().filter(failed),
-                func.count().filter(quarantined),
+                func.count().label("total"),
+                func.count().filter(spec.done(todo)).label("done"),
+                func.count().filter(and_(todo, _not_quarantined(max_attempts))).label("pending"),
+                func.count().filter(failed).label("failed"),
+                func.count().filter(quarantined).label("quarantined"),
             )
-            .select_from(
-                table.outerjoin(
-                    FAILURES,
-                    and_(FAILURES.c.kind == kind.value, FAILURES.c.record_id == table.c.id),
-                )
-            )
-            .where(scope)
+            .select_from(_with_ledger(kind))
+            .where(spec.scope)
         )
-        total, n_done, pending, n_failed, n_quarantined = session.execute(stmt).one()
-        kinds.append(
-            KindCoverage(
-                kind=kind,
-                total=total,
-                done=n_done,
-                pending=pending,
-                failed=n_failed,
-                quarantined=n_quarantined,
-            )
-        )
+        kinds.append(KindCoverage(kind=kind, **session.execute(stmt).one()._asdict()))
     return Coverage(kinds=kinds)
 
 
@@ -185,7 +112,7 @@ def failures_page(
     quarantined_only: bool = False,
 ) -> FailurePage:
     """The failure ledger of one kind, by record id, with each record's last error."""
-    uri = MEDIA.c.uri if kind is not BackfillKind.CLIP_COMPILE else null()
+    uri = MEDIA.c.uri if KINDS[kind].table is MEDIA else null()
     stmt = (
         select(
             FAILURES.c.record_id,

@@ -218,7 +218,8 @@ def test_idempotency_keys_are_kept_for_their_window_then_purged(
     from sqlalchemy import text
 
     from api.core.db import engine_for
-    from api.main import create_app, purge_expired_keys
+    from api.lifespan import purge_expired_keys
+    from api.main import create_app
 
     ids = register(client, 1)
     body = {"items": [{"record_id": ids[0], "duration": 1.0}]}

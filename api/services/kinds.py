@@ -1,0 +1,167 @@
+"""Each backfill kind, declared once: the result a flow sends, the function that applies a
+batch of them, which rows are still to do, and how its coverage is counted.
+
+Routes and services read `KINDS`; adding a kind is one entry here, one route and its
+result model in `api.schemas`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, and_, or_, true
+
+from api.models import Media, Project, utcnow
+from api.schemas import (
+    BackfillKind,
+    BatchResult,
+    ClipCompileResult,
+    DurationResult,
+    HashAlgorithm,
+    HashResult,
+    ProjectStatus,
+    SnrFrequencyResult,
+    Version0Result,
+)
+from api.services.batches import apply_durations, apply_hashes, apply_snr_frequency, apply_version0
+from api.services.ledger import FAILURES, Refuse, unknown_media
+from api.services.projects import apply_clip_compile, fail_projects
+
+MEDIA = Media.__table__  # type: ignore[attr-defined]
+PROJECTS = Project.__table__  # type: ignore[attr-defined]
+
+#: Rows to do, given the hash algorithm wanted (file-hashing) and the compile lease (seconds).
+Todo = Callable[[HashAlgorithm, float], ColumnElement[bool]]
+#: A coverage predicate, given the kind's `todo` rows.
+Predicate = Callable[[ColumnElement[bool]], ColumnElement[bool]]
+
+#: What `/pending` sends of a media record besides its id and revision.
+MEDIA_DETAILS = ("uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version")
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """How the server does one backfill kind."""
+
+    #: One record's result, as the flow sends it (a batch is `BatchRequest[item]`).
+    item: type[BaseModel]
+    #: Applies a batch in the caller's transaction: `apply(session=..., batch=...)`.
+    apply: Callable[..., BatchResult]
+    #: The rows the kind works on: `media`, or `projects` for clip-compile.
+    table: Any
+    #: Rows the kind is about at all: its coverage total.
+    scope: ColumnElement[bool]
+    #: Rows still to do: the pending filter.
+    todo: Todo
+    #: Rows done (coverage).
+    done: Predicate
+    #: Rows that failed and are not done (coverage; `/pending?only_failed=true`).
+    failed: Predicate
+    #: Which failure reports it refuses, and what else a failure changes.
+    refuse: Refuse = unknown_media
+    #: Query filters of `/pending` that apply to this kind.
+    filters: frozenset[str] = field(default_factory=lambda: frozenset({"media_type"}))
+    #: Columns `/pending` sends besides id and revision.
+    details: tuple[str, ...] = MEDIA_DETAILS
+
+
+def _current() -> ColumnElement[bool]:
+    current: ColumnElement[bool] = MEDIA.c.schema_version >= 1
+    return current
+
+
+def _not_done(todo: ColumnElement[bool]) -> ColumnElement[bool]:
+    return ~todo
+
+
+def _ledger_failed(todo: ColumnElement[bool]) -> ColumnElement[bool]:
+    return and_(FAILURES.c.id.is_not(None), todo)
+
+
+def _media_kind(
+    item: type[BaseModel],
+    apply: Callable[..., BatchResult],
+    todo: Todo,
+    *,
+    scope: ColumnElement[bool] | None = None,
+    filters: frozenset[str] = frozenset({"media_type"}),
+) -> KindSpec:
+    """A kind that fills media records (current ones unless `scope` says otherwise): done
+    when no longer to do, failed when to do with a ledger row."""
+    return KindSpec(
+        item=item,
+        apply=apply,
+        table=MEDIA,
+        scope=_current() if scope is None else scope,
+        todo=todo,
+        done=_not_done,
+        failed=_ledger_failed,
+        filters=filters,
+    )
+
+
+def _compile_todo(_: HashAlgorithm, lease_seconds: float) -> ColumnElement[bool]:
+    """Queued projects, and compiling ones whose lease has expired."""
+    stale = utcnow() - timedelta(seconds=lease_seconds)
+    return or_(
+        PROJECTS.c.status == ProjectStatus.QUEUED.value,
+        and_(PROJECTS.c.status == ProjectStatus.COMPILING.value, PROJECTS.c.updated_at < stale),
+    )
+
+
+def _project_is(status: ProjectStatus) -> Predicate:
+    return lambda _todo: PROJECTS.c.status == status.value
+
+
+KINDS: dict[BackfillKind, KindSpec] = {
+    BackfillKind.MEDIA_DURATION: _media_kind(
+        DurationResult,
+        apply_durations,
+        lambda _alg, _lease: and_(_current(), MEDIA.c.duration.is_(None)),
+    ),
+    BackfillKind.FILE_HASHING: _media_kind(
+        HashResult,
+        apply_hashes,
+        # A hash made with another algorithm than the one wanted is to be redone.
+        lambda algorithm, _lease: and_(
+            _current(),
+            or_(MEDIA.c.hash.is_(None), MEDIA.c.hash_algorithm.is_distinct_from(algorithm.value)),
+        ),
+        filters=frozenset({"media_type", "algorithm"}),
+    ),
+    BackfillKind.SNR_FREQUENCY: _media_kind(
+        SnrFrequencyResult,
+        apply_snr_frequency,
+        lambda _alg, _lease: and_(
+            _current(), or_(MEDIA.c.snr.is_(None), MEDIA.c.frequency.is_(None))
+        ),
+    ),
+    # Legacy records: every record is in scope, the schema_version 0 ones are to do.
+    BackfillKind.VERSION_0: _media_kind(
+        Version0Result,
+        apply_version0,
+        lambda _alg, _lease: MEDIA.c.schema_version == 0,
+        scope=true(),
+    ),
+    BackfillKind.CLIP_COMPILE: KindSpec(
+        item=ClipCompileResult,
+        apply=apply_clip_compile,
+        table=PROJECTS,
+        scope=PROJECTS.c.status != ProjectStatus.DRAFT.value,
+        todo=_compile_todo,
+        done=_project_is(ProjectStatus.COMPILED),
+        # A failed project is `failed` even when failed by hand, without a ledger row.
+        failed=_project_is(ProjectStatus.FAILED),
+        refuse=fail_projects,
+        filters=frozenset(),
+        details=(),
+    ),
+}
+
+
+def kinds_with(filter_name: str) -> list[BackfillKind]:
+    """The kinds whose `/pending` takes this query filter."""
+    return [kind for kind, spec in KINDS.items() if filter_name in spec.filters]
