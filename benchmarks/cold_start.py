@@ -4,7 +4,7 @@
     uv run python -m benchmarks.cold_start --files 200
 
 Registers `--files` tiny WAVs (those of `benchmarks.duration`) with a fresh API (uvicorn on
-127.0.0.1, a temp SQLite file), notes the wall clock, starts `python -m flows.cli run
+127.0.0.1, a temp SQLite file), notes the wall clock, starts `python -m ops.cli run
 media-duration` as a subprocess against a Prefect server started for the benchmark, and
 when it is done reads the API's audit table: the first applied batch's `created_at` minus
 the process start is the cold start (interpreter, imports, settings, flow run creation,

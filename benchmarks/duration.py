@@ -5,7 +5,7 @@
 
 Writes `--files` and 3x as many tiny WAVs (8 kHz mono, about 0.25 s each, kept for the next
 run), registers them with a fresh API (uvicorn on 127.0.0.1, a temp SQLite file) and times
-`python -m flows.cli run media-duration` as a subprocess against one Prefect server started
+`python -m ops.cli run media-duration` as a subprocess against one Prefect server started
 for the benchmark. Every duration is checked against frames / rate. Prints:
 
 - in-run records/s: what the run itself reports (first page fetched to last batch posted:

@@ -8,7 +8,7 @@ page cache is warm, then hashes the first `small` GiB and all `large` GiB both w
 
 - openssl: `openssl dgst -sha256 FILE...`, one process;
 - the flow: a fresh API (uvicorn on 127.0.0.1, a temp SQLite file) with the files registered,
-  then `python -m flows.cli run file-hashing` as a subprocess, timed end to end (interpreter
+  then `python -m ops.cli run file-hashing` as a subprocess, timed end to end (interpreter
   start, imports, the flow run, every POST); it reports to one Prefect server started for the
   benchmark, as a deployment would. Every digest is checked against openssl's.
 
@@ -178,7 +178,7 @@ def run_cli(
     }
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", *args],
+        [sys.executable, "-m", "ops.cli", "run", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

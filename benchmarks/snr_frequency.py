@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.hashing import ROOT, LocalApi, _prefect_env, local_api, prefect_server
-from flows.corpus import write_tone
+from ops.corpus import write_tone
 
 RATE = 44_100
 

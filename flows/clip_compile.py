@@ -6,17 +6,21 @@ uv run python -m flows.clip_compile        # the same, with defaults
 
 One chunk is one project by default (a render is heavy). Each project is:
 
-1. claimed: `PUT /projects/{id}/status` to `compiling` (`failed` -> `queued` first with
-   `only_failed`). A 409 means another run holds it: this run leaves it alone and counts
-   it as unchanged, never as a failure (the other run may still compile it);
-2. described in one call (`GET /projects/{id}/compilation-context`): clips, extras, tier
-   limits, remaining render seconds;
-3. planned from file headers only: the first `max_clips` clips, the height capped at the
-   tier's `max_height`, every path under the media root, every span inside its media. A
-   render that would exceed the remaining render seconds fails here, before any rendering;
+1. claimed by the engine through the spec's `claim` (`claim_compile`, in the chunk's
+   thread, with the run's one client): `PUT /projects/{id}/status` to `compiling`
+   (`failed` -> `queued` first with `only_failed`). A 409 means another run holds it: this
+   run skips it and counts it as unchanged, never as a failure (the other run may still
+   compile it);
+2. described in one call (`GET /projects/{id}/compilation-context`), handed to compute in
+   `Job.context`: clips, extras, tier limits, remaining render seconds;
+3. planned (compute, `compile_project`: no API calls from here on) from file headers
+   only: the first `max_clips` clips, the height capped at the tier's `max_height`, every
+   path under the media root, every span inside its media. A render that would exceed the
+   remaining render seconds fails here, before any rendering;
 4. rendered on the run's compute threads (`flows.compute.render` streams frames: memory
    stays bounded) to a name derived from the project and its plan, written atomically, so
-   a retried render overwrites the same file and never leaves a second copy;
+   a retried render overwrites the same file and never leaves a second copy (a dry run
+   stops before rendering and returns `Planned`: counted as would-apply);
 5. posted as a `ClipCompileResult` by the engine; the server links the output media
    record, marks the project compiled and counts render usage once (Idempotency-Key).
 
@@ -31,17 +35,17 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from prefect import get_run_logger
+from pydantic import Field
 
 from api.schemas import (
     BackfillKind,
-    BatchResult,
     ClipCompileResult,
     CompilationContext,
     MediaPublic,
@@ -60,19 +64,19 @@ from flows.compute.render import (
     render,
     sweep_parts,
 )
-from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
+from flows.engine import BackfillReport, backfill_flow, run_backfill
 from flows.media import RemotePolicy, downloaded, resolve_media_path
 from flows.settings import ClientSettings, ConfigError, load_settings
 from flows.spec import (
     Backfill,
     BackfillParams,
     BatchSize,
-    Concurrency,
     Job,
     Limit,
+    Planned,
     Ratio,
-    ShardCount,
     ShardIndex,
+    Skip,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,57 +92,37 @@ Fps = Annotated[float, Field(ge=1, le=120, allow_inf_nan=False)]
 class CompileParams(BackfillParams):
     """clip-compile: one project per chunk; a project without fps renders at `default_fps`."""
 
-    batch_size: BatchSize = 1
-    max_failure_ratio: Ratio = 1.0
-    default_fps: Fps = DEFAULT_FPS
+    not_parameters = frozenset({"media_type"})  # items are projects
+
+    batch_size: BatchSize = Field(
+        1, description="Projects per chunk task (and per POST), 1 to 1000; renders are heavy."
+    )
+    limit: Limit = Field(
+        None, description="Process at most this many projects in this run; empty for all."
+    )
+    dry_run: bool = Field(
+        False,
+        description="Claim and render nothing: check each project's media, spans and quota "
+        "from file headers, and report what would render.",
+    )
+    only_failed: bool = Field(
+        False,
+        description="Requeue and render the failed projects (quarantined ones included) only.",
+    )
+    shard_index: ShardIndex = Field(
+        0,
+        description="This run's shard, 0 to shard_count - 1 (projects with id % count == index).",
+    )
+    max_failure_ratio: Ratio = Field(
+        1.0,
+        description="End Failed when more than this share of projects fail (0 to 1); 1 by "
+        "default: a bad project (over quota, missing clip) is its owner's problem and is "
+        "recorded on the project, while a bad media or output root fails the run at once.",
+    )
+    default_fps: Fps = Field(DEFAULT_FPS, description="Frame rate of projects that set none.")
 
 
-# --- What compute returns ------------------------------------------------------------------
-
-
-class Unposted(BaseModel):
-    """A project this run has nothing to post for.
-
-    `skipped`: another run claimed it (counted as unchanged). `planned`: a dry run
-    validated it and would render it (counted as would-apply).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    project_id: int
-    outcome: Literal["skipped", "planned"]
-    note: str
-
-
-class CompileOutcome(RootModel[ClipCompileResult | Unposted]):
-    """One project's outcome: a rendered result to post, or nothing to post."""
-
-
-class CompileClient(BackfillClient):
-    """The API client of a clip-compile run: posts the rendered projects and counts the
-    unposted ones itself (the engine knows only results and failures)."""
-
-    def post_results(
-        self, kind: BackfillKind, items: Sequence[BaseModel], *, dry_run: bool = False
-    ) -> BatchResult:
-        results: list[BaseModel] = []
-        skipped = planned = 0
-        for item in items:
-            value = item.root if isinstance(item, CompileOutcome) else item
-            if isinstance(value, Unposted):
-                skipped += value.outcome == "skipped"
-                planned += value.outcome == "planned"
-            else:
-                results.append(value)
-        posted = BatchResult(dry_run=dry_run)
-        if results:
-            posted = super().post_results(kind, results, dry_run=dry_run)
-        return posted.model_copy(
-            update={"applied": posted.applied + planned, "unchanged": posted.unchanged + skipped}
-        )
-
-
-# --- Compute: one project ------------------------------------------------------------------
+# --- Claim: one project, through the API --------------------------------------------------
 
 
 def claim_project(client: BackfillClient, project_id: int, *, requeue: bool) -> str | None:
@@ -162,6 +146,21 @@ def claim_project(client: BackfillClient, project_id: int, *, requeue: bool) -> 
     except NotFoundError:
         return f"project {project_id} no longer exists"
     return None
+
+
+def claim_compile(client: BackfillClient, job: Job[CompileParams]) -> Job[CompileParams] | Skip:
+    """The engine's pre-step for one project: claim it (not in a dry run), then fetch its
+    compilation context for `compile_project`. `Skip` if another run holds it."""
+    project_id = job.item.record_id
+    if not job.params.dry_run:
+        refused = claim_project(client, project_id, requeue=job.params.only_failed)
+        if refused is not None:
+            logger.info("skipping: %s", refused)
+            return Skip(refused)
+    return replace(job, context=client.compilation_context(project_id))
+
+
+# --- Compute: one project, no API calls ----------------------------------------------------
 
 
 def content_key(context: CompilationContext, clips: int, height: int, fps: float) -> str:
@@ -224,18 +223,12 @@ def media_uri(settings: ClientSettings, path: Path) -> str:
         raise MediaError(f"{path} is not under the media root") from None
 
 
-def compile_project(job: Job[CompileParams]) -> CompileOutcome:
-    """Claim, plan (headers only), check the quota, then render one project."""
-    client, params, settings = job.client, job.params, job.settings
-    if client is None:
-        raise RuntimeError("clip-compile needs the API client: run it on threads")
+def compile_project(job: Job[CompileParams]) -> ClipCompileResult | Planned:
+    """Plan (headers only), check the quota, then render one claimed project."""
+    params, settings, context = job.params, job.settings, job.context
+    if not isinstance(context, CompilationContext):
+        raise RuntimeError("clip-compile computes claimed projects only (see claim_compile)")
     project_id = job.item.record_id
-    if not params.dry_run:
-        refused = claim_project(client, project_id, requeue=params.only_failed)
-        if refused is not None:
-            logger.info("skipping: %s", refused)
-            return CompileOutcome(Unposted(project_id=project_id, outcome="skipped", note=refused))
-    context = client.compilation_context(project_id)
     tier, project = context.tier, context.project
     if not context.clips:
         raise MediaError("project has no clips")
@@ -289,7 +282,7 @@ def compile_project(job: Job[CompileParams]) -> CompileOutcome:
             )
         if params.dry_run:
             note = f"would render {timeline.duration:.2f} s at {timeline.width}x{timeline.height}"
-            return CompileOutcome(Unposted(project_id=project_id, outcome="planned", note=note))
+            return Planned(note=note)
         output = render(plan)
     logger.info(
         "project %d: %.2f s of %dx%d video, %d bytes, rendered in %.2f s",
@@ -300,25 +293,24 @@ def compile_project(job: Job[CompileParams]) -> CompileOutcome:
         output.size_bytes,
         output.elapsed_seconds,
     )
-    return CompileOutcome(
-        ClipCompileResult(
-            project_id=project_id,
-            output_uri=media_uri(settings, output.path),
-            thumbnail_uri=media_uri(settings, output.thumbnail),
-            duration=output.duration,
-            hash=output.sha256,
-            size_bytes=output.size_bytes,
-            render_seconds=output.duration,
-        )
+    return ClipCompileResult(
+        project_id=project_id,
+        output_uri=media_uri(settings, output.path),
+        thumbnail_uri=media_uri(settings, output.thumbnail),
+        duration=output.duration,
+        hash=output.sha256,
+        size_bytes=output.size_bytes,
+        render_seconds=output.duration,
     )
 
 
 CLIP_COMPILE = Backfill(
     kind=BackfillKind.CLIP_COMPILE,
-    result_model=CompileOutcome,
+    result_model=ClipCompileResult,
     compute=compile_project,
     executor="thread",  # moviepy drives ffmpeg subprocesses; the GIL is not the limit
     open_file=None,  # items are projects; compute opens their media itself
+    claim=claim_compile,
 )
 
 
@@ -344,56 +336,15 @@ def sweep_leftovers(settings: ClientSettings, logger: Logger) -> None:
         logger.info("removed %d temporary files of killed renders: %s", len(removed), names)
 
 
-@flow(name=BackfillKind.CLIP_COMPILE.value, task_runner=chunk_task_runner(), retries=0)
-def clip_compile(
-    batch_size: BatchSize = 1,
-    limit: Limit = None,
-    dry_run: bool = False,
-    only_failed: bool = False,
-    shard_index: ShardIndex = 0,
-    shard_count: ShardCount = 1,
-    max_failure_ratio: Ratio = 1.0,
-    concurrency: Concurrency = None,
-    default_fps: Fps = DEFAULT_FPS,
-) -> BackfillReport:
-    """Render every queued project into one MP4 under the output root and record it.
-
-    Args:
-        batch_size: Projects per chunk task (and per POST), 1 to 1000; renders are heavy.
-        limit: Process at most this many projects in this run; empty for all.
-        dry_run: Claim and render nothing: check each project's media, spans and quota
-            from file headers, and report what would render.
-        only_failed: Requeue and render the failed projects (quarantined ones included) only.
-        shard_index: This run's shard, 0 to shard_count - 1 (projects with id % count == index).
-        shard_count: Split the backfill across this many runs; 1 for no sharding.
-        max_failure_ratio: End Failed when more than this share of projects fail (0 to 1);
-            1 by default: a bad project (over quota, missing clip) is its owner's problem and
-            is recorded on the project, while a bad media or output root fails the run at once.
-        concurrency: Chunks in flight at once; empty for one more than the CPU cores.
-        default_fps: Frame rate of projects that set none.
-    """
-    params = CompileParams(
-        batch_size=batch_size,
-        limit=limit,
-        dry_run=dry_run,
-        only_failed=only_failed,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        max_failure_ratio=max_failure_ratio,
-        concurrency=concurrency,
-        default_fps=default_fps,
-    )
-    return finish(_compile, params)
-
-
-def _compile(params: CompileParams) -> BackfillReport:
+@backfill_flow(BackfillKind.CLIP_COMPILE, CompileParams)
+def clip_compile(params: CompileParams) -> BackfillReport:
+    """Render every queued project into one MP4 under the output root and record it."""
     settings = load_settings()
     check_roots(settings, create_output=not params.dry_run)
     logger = get_run_logger()
     if not params.dry_run:  # a dry run writes nothing, and removes nothing either
         sweep_leftovers(settings, logger)
-    with CompileClient.from_settings(settings, logger=logger) as client:
-        return run_backfill(CLIP_COMPILE, params, settings=settings, client=client)
+    return run_backfill(CLIP_COMPILE, params, settings=settings)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """The one chunk engine every backfill flow runs on.
 
-A flow module declares a `flows.spec.Backfill` and calls `run_backfill(spec, params)` from
-its `@flow`. The run then:
+A flow module declares a `flows.spec.Backfill` and a params model, and makes its flow with
+`@backfill_flow(kind, Params)` around a body that calls `run_backfill(spec, params)`. The
+run then:
 
 1. pages pending work from the API by keyset (`after_id` = the last id seen: applied
    records stop being pending, so an offset would skip work), one page ahead of the chunks;
 2. keeps `concurrency` chunk tasks in flight (one `process_chunk` task per `batch_size`
-   items); each computes its items on the run's compute pool (threads, or spawned
-   processes warmed once each), turns a bad item into a per-record failure, posts the
-   results, then the failures, and returns counts;
+   items); each claims its items first if the spec has a `claim` hook (through the run's
+   one client), computes them on the run's compute pool (threads, or spawned processes
+   warmed once each), turns a bad item into a per-record failure, posts the results, then
+   the failures, and returns counts;
 3. moves a progress artifact as chunks finish (at most once a second), ends with a table
    artifact (stable key per kind), returns a `BackfillReport`, and raises `BackfillFailed`
    (the flow run ends Failed) when a chunk still fails after the client's retries or
@@ -22,6 +24,7 @@ longer pending.
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
 import threading
@@ -38,9 +41,9 @@ from concurrent.futures import (
 from contextlib import ExitStack, contextmanager
 from itertools import repeat
 from multiprocessing import get_context
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from prefect import get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
@@ -57,6 +60,7 @@ from pydantic import BaseModel, Field
 
 from api.schemas import MAX_PAGE_LIMIT, BackfillKind, BatchResult, FailureItem, PendingItem
 from flows.client import APIError, BackfillClient, is_retryable
+from flows.compute.errors import MediaError
 from flows.media import sweep_downloads
 from flows.settings import ClientSettings, ConfigError, load_settings
 from flows.spec import (
@@ -65,9 +69,13 @@ from flows.spec import (
     BackfillParams,
     ItemOutcome,
     Job,
+    Skip,
+    public_reason,
     ready,
     run_items,
 )
+
+P = TypeVar("P", bound=BackfillParams)
 
 #: Longest failure text the ledger accepts.
 MAX_ERROR_CHARS = 4000
@@ -183,6 +191,60 @@ def finish(run: Callable[..., BackfillReport], *args: Any, **kwargs: Any) -> Bac
         return cast(BackfillReport, Failed(message=reason, data=exc))
 
 
+def backfill_flow(
+    kind: BackfillKind, params_model: type[P]
+) -> Callable[[Callable[[P], BackfillReport]], Flow[..., BackfillReport]]:
+    """Make `body(params)` the flow of `kind`, with the fields of `params_model` as its flat,
+    typed parameters: what `prefect deployment run --param`, the Prefect UI form (a
+    description per field, from the model) and `flow(**parameters)` see.
+
+        @backfill_flow(BackfillKind.FILE_HASHING, HashingParams)
+        def file_hashing(params: HashingParams) -> BackfillReport:
+            \"\"\"Hash every pending file under the media root and record the digests.\"\"\"
+            return run_backfill(FILE_HASHING, params)
+
+    The body runs as a flow's body through `finish`: an expected failure ends the run Failed
+    with its reason. Parameters that only fail together (a shard index not below the count)
+    raise the model's `ValidationError`.
+    """
+
+    def decorate(body: Callable[[P], BackfillReport]) -> Flow[..., BackfillReport]:
+        fields = {
+            name: field
+            for name, field in params_model.model_fields.items()
+            if name not in params_model.not_parameters
+        }
+        parameters = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=field.default,
+                annotation=Annotated[(field.annotation, *field.metadata)]
+                if field.metadata
+                else field.annotation,
+            )
+            for name, field in fields.items()
+        ]
+        signature = inspect.Signature(parameters, return_annotation=BackfillReport)
+
+        def run(*args: Any, **kwargs: Any) -> BackfillReport:
+            params = params_model(**signature.bind(*args, **kwargs).arguments)
+            return finish(body, params)
+
+        # Not functools.wraps: Prefect would read the body's one `params` argument through
+        # `__wrapped__`. The name and module are the body's: entrypoints and serve use them.
+        run.__name__, run.__qualname__ = body.__name__, body.__qualname__
+        run.__module__ = body.__module__
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        run.__annotations__["return"] = BackfillReport
+        args = "\n".join(f"    {name}: {field.description}" for name, field in fields.items())
+        run.__doc__ = f"{inspect.cleandoc(body.__doc__ or kind.value)}\n\nArgs:\n{args}\n"
+        return flow(name=kind.value, task_runner=chunk_task_runner(), retries=0)(run)
+
+    return decorate
+
+
 class ProgressUpdate(BaseModel):
     """Sent to progress listeners when a run starts and whenever a chunk finishes."""
 
@@ -250,11 +312,33 @@ class ChunkRunner:
         )
 
     def compute(self, items: list[PendingItem]) -> list[ItemOutcome]:
-        """Every item of the chunk, in parallel on the run's pool, in order."""
+        """Every item of the chunk, claimed (if the spec claims) then computed in parallel on
+        the run's pool; outcomes in item order."""
         assert self.pool is not None, "a run on a remote task runner computes remotely"
-        threads = not isinstance(self.pool, ProcessPoolExecutor)
-        client = self.client if threads else None
-        jobs = [Job(item, self.params, self.settings, client=client) for item in items]
+        jobs = [Job(item, self.params, self.settings) for item in items]
+        claimed = [self.claim(job) for job in jobs]
+        ready = [job for job in claimed if isinstance(job, Job)]
+        computed = iter(self._compute(ready))
+        return [next(computed) if isinstance(c, Job) else c for c in claimed]
+
+    def claim(self, job: Job[Any]) -> Job[Any] | ItemOutcome:
+        """The spec's `claim` of one item: the job to compute, or its outcome already."""
+        if self.spec.claim is None:
+            return job
+        record_id = job.item.record_id
+        try:
+            claimed = self.spec.claim(self.client, job)
+        except MediaError as exc:
+            reason = public_reason(str(exc) or "unusable item", self.settings, job.item.uri, None)
+            return ItemOutcome(record_id, error=reason)
+        if isinstance(claimed, Skip):
+            return ItemOutcome(record_id, skipped=claimed.reason)
+        return claimed
+
+    def _compute(self, jobs: list[Job[Any]]) -> list[ItemOutcome]:
+        if not jobs:
+            return []
+        assert self.pool is not None
         # Items go to the pool in slices, about four per worker: one hand-over (a future, a
         # wake-up; a round trip for processes) per slice, not per item. A header read costs
         # less than handing it to a thread did.
@@ -276,6 +360,8 @@ class ChunkRunner:
         posted = BatchResult(dry_run=dry_run)
         if results:
             posted = self.client.post_results(kind, results, dry_run=dry_run)
+        planned = sum(o.planned is not None for o in outcomes)  # would apply
+        skipped = sum(o.skipped is not None for o in outcomes)  # another run's
         if failures and not dry_run:
             self.client.post_failures(kind, failures)
         uris = {i.record_id: i.uri for i in items}
@@ -285,8 +371,8 @@ class ChunkRunner:
             first_id=items[0].record_id,
             last_id=items[-1].record_id,
             items=len(items),
-            applied=posted.applied,
-            unchanged=posted.unchanged,
+            applied=posted.applied + planned,
+            unchanged=posted.unchanged + skipped,
             rejected=len(posted.rejected),
             failed=len(failures),
             errors=errors,

@@ -6,28 +6,21 @@ uv run python -m flows.file_hashing        # the same, with defaults
 
 from __future__ import annotations
 
-from prefect import flow
+from pydantic import Field
 
-from api.schemas import BackfillKind, HashAlgorithm, HashResult, MediaType
+from api.schemas import BackfillKind, HashAlgorithm, HashResult
 from flows.compute.hashing import hash_file
-from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
-from flows.spec import (
-    Backfill,
-    BackfillParams,
-    BatchSize,
-    Concurrency,
-    Job,
-    Limit,
-    Ratio,
-    ShardCount,
-    ShardIndex,
-)
+from flows.engine import BackfillReport, backfill_flow, run_backfill
+from flows.spec import Backfill, BackfillParams, Job
 
 
 class HashingParams(BackfillParams):
     """file-hashing: a record hashed with another algorithm is pending again."""
 
-    algorithm: HashAlgorithm = HashAlgorithm.SHA256
+    algorithm: HashAlgorithm = Field(
+        HashAlgorithm.SHA256,
+        description="Hash algorithm; records hashed with another one are hashed again.",
+    )
 
     def pending_options(self) -> dict[str, str]:
         return {"algorithm": self.algorithm.value}
@@ -48,46 +41,10 @@ FILE_HASHING = Backfill(
 )
 
 
-@flow(name=BackfillKind.FILE_HASHING.value, task_runner=chunk_task_runner(), retries=0)
-def file_hashing(
-    batch_size: BatchSize = 100,
-    limit: Limit = None,
-    dry_run: bool = False,
-    media_type: MediaType | None = None,
-    only_failed: bool = False,
-    shard_index: ShardIndex = 0,
-    shard_count: ShardCount = 1,
-    max_failure_ratio: Ratio = 0.1,
-    concurrency: Concurrency = None,
-    algorithm: HashAlgorithm = HashAlgorithm.SHA256,
-) -> BackfillReport:
-    """Hash every pending file under the media root and record the digests through the API.
-
-    Args:
-        batch_size: Records per chunk task (and per POST), 1 to 1000.
-        limit: Process at most this many records in this run; empty for all.
-        dry_run: Compute and report what would change; write nothing.
-        media_type: Only records of this type (audio or video); empty for both.
-        only_failed: Reprocess the failure ledger (quarantined records included) only.
-        shard_index: This run's shard, 0 to shard_count - 1 (records with id % count == index).
-        shard_count: Split the backfill across this many runs; 1 for no sharding.
-        max_failure_ratio: End Failed when more than this share of records fail (0 to 1).
-        concurrency: Chunks in flight at once; empty for one more than the CPU cores.
-        algorithm: Hash algorithm; records hashed with another one are hashed again.
-    """
-    params = HashingParams(
-        batch_size=batch_size,
-        limit=limit,
-        dry_run=dry_run,
-        media_type=media_type,
-        only_failed=only_failed,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        max_failure_ratio=max_failure_ratio,
-        concurrency=concurrency,
-        algorithm=algorithm,
-    )
-    return finish(run_backfill, FILE_HASHING, params)
+@backfill_flow(BackfillKind.FILE_HASHING, HashingParams)
+def file_hashing(params: HashingParams) -> BackfillReport:
+    """Hash every pending file under the media root and record the digests through the API."""
+    return run_backfill(FILE_HASHING, params)
 
 
 if __name__ == "__main__":

@@ -6,22 +6,12 @@ uv run python -m flows.media_duration      # the same, with defaults
 
 from __future__ import annotations
 
-from prefect import flow
+from pydantic import Field
 
-from api.schemas import BackfillKind, DurationResult, MediaType
+from api.schemas import BackfillKind, DurationResult
 from flows.compute.duration import media_duration as read_duration
-from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
-from flows.spec import (
-    Backfill,
-    BackfillParams,
-    BatchSize,
-    Concurrency,
-    Job,
-    Limit,
-    Ratio,
-    ShardCount,
-    ShardIndex,
-)
+from flows.engine import BackfillReport, backfill_flow, run_backfill
+from flows.spec import Backfill, BackfillParams, BatchSize, Job
 
 
 def compute_duration(job: Job[BackfillParams]) -> DurationResult:
@@ -41,43 +31,18 @@ MEDIA_DURATION = Backfill(
 )
 
 
-@flow(name=BackfillKind.MEDIA_DURATION.value, task_runner=chunk_task_runner(), retries=0)
-def media_duration(
-    batch_size: BatchSize = 500,
-    limit: Limit = None,
-    dry_run: bool = False,
-    media_type: MediaType | None = None,
-    only_failed: bool = False,
-    shard_index: ShardIndex = 0,
-    shard_count: ShardCount = 1,
-    max_failure_ratio: Ratio = 0.1,
-    concurrency: Concurrency = None,
-) -> BackfillReport:
-    """Read the duration of every pending file under the media root and record it.
+class DurationParams(BackfillParams):
+    """media-duration: header reads are cheap, so chunks are larger."""
 
-    Args:
-        batch_size: Records per chunk task (and per POST), 1 to 1000.
-        limit: Process at most this many records in this run; empty for all.
-        dry_run: Compute and report what would change; write nothing.
-        media_type: Only records of this type (audio or video); empty for both.
-        only_failed: Reprocess the failure ledger (quarantined records included) only.
-        shard_index: This run's shard, 0 to shard_count - 1 (records with id % count == index).
-        shard_count: Split the backfill across this many runs; 1 for no sharding.
-        max_failure_ratio: End Failed when more than this share of records fail (0 to 1).
-        concurrency: Chunks in flight at once; empty for one more than the CPU cores.
-    """
-    params = BackfillParams(
-        batch_size=batch_size,
-        limit=limit,
-        dry_run=dry_run,
-        media_type=media_type,
-        only_failed=only_failed,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        max_failure_ratio=max_failure_ratio,
-        concurrency=concurrency,
+    batch_size: BatchSize = Field(
+        500, description="Records per chunk task (and per POST), 1 to 1000."
     )
-    return finish(run_backfill, MEDIA_DURATION, params)
+
+
+@backfill_flow(BackfillKind.MEDIA_DURATION, DurationParams)
+def media_duration(params: DurationParams) -> BackfillReport:
+    """Read the duration of every pending file under the media root and record it."""
+    return run_backfill(MEDIA_DURATION, params)
 
 
 if __name__ == "__main__":

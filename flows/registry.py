@@ -1,7 +1,8 @@
 """Which flow runs which kind. The CLI looks kinds up here, and imports a flow only to run it.
 
-Adding a kind: write `flows/<kind>.py` (a `Backfill` spec and a `@flow` that calls
-`flows.engine.run_backfill`), then add its `module:function` below.
+Adding a kind: write `flows/<kind>.py` (a `Backfill` spec, its params model, and a
+`@backfill_flow` whose body calls `flows.engine.run_backfill`), then add its
+`module:function` below.
 """
 
 from __future__ import annotations

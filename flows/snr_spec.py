@@ -7,9 +7,24 @@ Prefect's import cost (about 1.5 s per worker).
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from api.schemas import BackfillKind, SnrFrequencyResult
 from flows.compute.audio import analyse_audio, warm_up
-from flows.spec import Backfill, BackfillParams, Job
+from flows.spec import MAX_CONCURRENCY, Backfill, BackfillParams, Concurrency, Job
+
+Workers = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
+
+
+class SnrParams(BackfillParams):
+    """snr-frequency: the analysis runs on a pool of worker processes."""
+
+    concurrency: Concurrency = Field(
+        None, description="Chunks in flight at once; empty for one more than the workers."
+    )
+    workers: Workers = Field(None, description="Analysis processes; empty for one per CPU core.")
 
 
 def compute_snr_frequency(job: Job[BackfillParams]) -> SnrFrequencyResult:

@@ -9,6 +9,9 @@ A kind plugs into the one engine (`flows.engine.run_backfill`) by declaring::
         executor="thread",                    # or "process" for CPU-bound Python (GIL held)
     )
 
+and, optionally, a `claim` hook (a per-item step through the API client before compute;
+may return `Skip`). Compute makes no API calls; in a dry run it may return `Planned`.
+
 Prefect-free on purpose: process-pool workers import this module, `run_item` and the spec's
 `compute` (keep a process kind's compute in a module without Prefect, too), and should not
 pay for Prefect on start-up.
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -35,30 +38,57 @@ if TYPE_CHECKING:
 #: Most chunk tasks a run keeps in flight (the task runner's thread count).
 MAX_CONCURRENCY = 64
 
-# Parameter types shared by every flow signature and `BackfillParams`: the constraints live
-# here once; each flow documents its parameters in its docstring (the Prefect UI form).
+# Parameter types: their constraints live here once.
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_ITEMS)]
 Limit = Annotated[int | None, Field(ge=1)]
-ShardIndex = Annotated[int, Field(ge=0, le=10_000)]
-ShardCount = Annotated[int, Field(ge=1, le=10_000)]
+#: Most shards one backfill may be split into (the API's `/pending` allows as many).
+MAX_SHARDS = 10_000
+ShardIndex = Annotated[int, Field(ge=0, le=MAX_SHARDS)]
+ShardCount = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 Concurrency = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
 
 
 class BackfillParams(BaseModel):
-    """The parameters every backfill flow takes; a kind with options subclasses it."""
+    """The parameters every backfill flow takes; a kind with options subclasses it.
+
+    The one declaration of a flow's parameters: `flows.engine.backfill_flow` makes the
+    flow's signature and docstring (the Prefect UI form) from these fields, and
+    `backfill run KIND` its options. A subclass may change a default or a description
+    by declaring the field again.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batch_size: BatchSize = 100
-    limit: Limit = None
-    dry_run: bool = False
-    media_type: MediaType | None = None
-    only_failed: bool = False
-    shard_index: ShardIndex = 0
-    shard_count: ShardCount = 1
-    max_failure_ratio: Ratio = 0.1
-    concurrency: Concurrency = None
+    #: Fields of this model that are not parameters of the flow (a kind without them).
+    not_parameters: ClassVar[frozenset[str]] = frozenset()
+
+    batch_size: BatchSize = Field(
+        100, description="Records per chunk task (and per POST), 1 to 1000."
+    )
+    limit: Limit = Field(
+        None, description="Process at most this many records in this run; empty for all."
+    )
+    dry_run: bool = Field(False, description="Compute and report what would change; write nothing.")
+    media_type: MediaType | None = Field(
+        None, description="Only records of this type (audio or video); empty for both."
+    )
+    only_failed: bool = Field(
+        False, description="Reprocess the failure ledger (quarantined records included) only."
+    )
+    shard_index: ShardIndex = Field(
+        0,
+        description="This run's shard, 0 to shard_count - 1 (records with id % count == index).",
+    )
+    shard_count: ShardCount = Field(
+        1, description="Split the backfill across this many runs; 1 for no sharding."
+    )
+    max_failure_ratio: Ratio = Field(
+        0.1, description="End Failed when more than this share of records fail (0 to 1)."
+    )
+    concurrency: Concurrency = Field(
+        None, description="Chunks in flight at once; empty for one more than the CPU cores."
+    )
 
     @model_validator(mode="after")
     def _check_shard(self) -> BackfillParams:
@@ -85,9 +115,9 @@ class Job(Generic[P]):
     #: The local file (a URL is streamed to a temporary file first); None if the spec
     #: opens no file.
     path: Path | None = None
-    #: The API client, for kinds that need extra calls per item (thread executors only:
-    #: None in a process pool).
-    client: BackfillClient | None = None
+    #: What the spec's `claim` fetched for this item through the API (clip-compile: the
+    #: project's compilation context); None for a spec without `claim`.
+    context: BaseModel | None = None
 
     @property
     def file(self) -> Path:
@@ -95,6 +125,23 @@ class Job(Generic[P]):
         if self.path is None:
             raise RuntimeError(f"record {self.item.record_id}: this backfill opens no file")
         return self.path
+
+
+@dataclass(frozen=True)
+class Skip:
+    """From a spec's `claim`: leave the item alone (another run holds it). Not a failure:
+    counted as unchanged, nothing posted."""
+
+    reason: str
+
+
+class Planned(BaseModel):
+    """From `compute` in a dry run that cannot build the result without its effect (a render):
+    the item checked out and would apply. Counted as would-apply, nothing posted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    note: str
 
 
 #: Opens the local file of a pending item for the length of `compute` (see flows.media).
@@ -108,9 +155,10 @@ class Backfill(Generic[P, R]):
     kind: BackfillKind
     #: The wire model of one result; every computed value is validated against it.
     result_model: type[R]
-    #: Compute one item. Raise `MediaError` for a bad record: it becomes a per-record failure
-    #: and the chunk goes on. Return a `result_model` (or a dict of its fields).
-    compute: Callable[[Job[P]], R | dict[str, Any]]
+    #: Compute one item, without API calls. Raise `MediaError` for a bad record: it becomes a
+    #: per-record failure and the chunk goes on. Return a `result_model` (or a dict of its
+    #: fields), or `Planned` in a dry run.
+    compute: Callable[[Job[P]], R | dict[str, Any] | Planned]
     #: "thread" for I/O and GIL-releasing work (hashlib, file headers, subprocesses);
     #: "process" for CPU-bound Python (librosa): a spawned process pool, one per run.
     executor: Literal["thread", "process"] = "thread"
@@ -120,15 +168,23 @@ class Backfill(Generic[P, R]):
     warmup: Callable[[], None] | None = None
     #: Compute workers (threads or processes); default: one per CPU core.
     workers: int | None = None
+    #: Runs per item before `compute`, in the chunk's thread with the run's one API client:
+    #: claims the item for this run and fetches what compute needs (into `Job.context`), or
+    #: returns `Skip`. Raise `MediaError` for a bad item; compute itself makes no API calls.
+    claim: Callable[[BackfillClient, Job[P]], Job[P] | Skip] | None = None
 
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    """One computed item: a validated result, or the reason it failed."""
+    """One item: a validated result, the reason it failed, or why nothing is posted."""
 
     record_id: int
     result: BaseModel | None = None
     error: str | None = None
+    #: Left alone: `claim` returned `Skip` with this reason.
+    skipped: str | None = None
+    #: A dry run's `Planned` note: would apply.
+    planned: str | None = None
 
 
 def ready() -> None:
@@ -145,6 +201,8 @@ def run_item(spec: Backfill[P, R], job: Job[P]) -> ItemOutcome:
         else:
             with spec.open_file(job.settings, item) as path:
                 value = spec.compute(replace(job, path=path))
+        if isinstance(value, Planned):
+            return ItemOutcome(item.record_id, planned=value.note)
         return ItemOutcome(item.record_id, result=spec.result_model.model_validate(value))
     except MediaError as exc:
         reason = str(exc) or "unreadable media"

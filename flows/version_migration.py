@@ -19,26 +19,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from prefect import flow
+from pydantic import Field
 
 from api.schemas import BackfillKind, MediaType, PendingItem, Version0Result, is_url
 from flows.compute.errors import MediaError
 from flows.compute.migrations import FileFacts, migrate
 from flows.compute.probe import probe
-from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
+from flows.engine import BackfillReport, backfill_flow, run_backfill
 from flows.media import local_media
 from flows.settings import ClientSettings
-from flows.spec import (
-    Backfill,
-    BackfillParams,
-    BatchSize,
-    Concurrency,
-    Job,
-    Limit,
-    Ratio,
-    ShardCount,
-    ShardIndex,
-)
+from flows.spec import Backfill, BackfillParams, Job
 
 #: The record fields a migration step reads (what `/backfills/version-0/pending` returns).
 RECORD_FIELDS = frozenset(
@@ -112,44 +102,20 @@ VERSION_0 = Backfill(
 )
 
 
-@flow(name=BackfillKind.VERSION_0.value, task_runner=chunk_task_runner(), retries=0)
-def version_migration(
-    batch_size: BatchSize = 100,
-    limit: Limit = None,
-    dry_run: bool = False,
-    media_type: MediaType | None = None,
-    only_failed: bool = False,
-    shard_index: ShardIndex = 0,
-    shard_count: ShardCount = 1,
-    max_failure_ratio: Ratio = 0.1,
-    concurrency: Concurrency = None,
-) -> BackfillReport:
-    """Upgrade every legacy (schema_version 0) record to version 1 through the API.
+class Version0Params(BackfillParams):
+    """version-0: most legacy records have no media type yet."""
 
-    Args:
-        batch_size: Records per chunk task (and per POST), 1 to 1000.
-        limit: Process at most this many records in this run; empty for all.
-        dry_run: Compute and report what would change; write nothing.
-        media_type: Only legacy records already labelled with this type (most legacy
-            records have none yet); empty for all.
-        only_failed: Reprocess the failure ledger (quarantined records included) only.
-        shard_index: This run's shard, 0 to shard_count - 1 (records with id % count == index).
-        shard_count: Split the backfill across this many runs; 1 for no sharding.
-        max_failure_ratio: End Failed when more than this share of records fail (0 to 1).
-        concurrency: Chunks in flight at once; empty for one more than the CPU cores.
-    """
-    params = BackfillParams(
-        batch_size=batch_size,
-        limit=limit,
-        dry_run=dry_run,
-        media_type=media_type,
-        only_failed=only_failed,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        max_failure_ratio=max_failure_ratio,
-        concurrency=concurrency,
+    media_type: MediaType | None = Field(
+        None,
+        description="Only legacy records already labelled with this type (most legacy "
+        "records have none yet); empty for all.",
     )
-    return finish(run_backfill, VERSION_0, params)
+
+
+@backfill_flow(BackfillKind.VERSION_0, Version0Params)
+def version_migration(params: Version0Params) -> BackfillReport:
+    """Upgrade every legacy (schema_version 0) record to version 1 through the API."""
+    return run_backfill(VERSION_0, params)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import imageio_ffmpeg
 import numpy as np
 from numpy.typing import NDArray
 
-from flows.corpus import TONE_AMPLITUDE, write_tone, write_video
+from ops.corpus import TONE_AMPLITUDE, write_tone, write_video
 
 __all__ = [
     "TONE_AMPLITUDE",

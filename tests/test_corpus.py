@@ -12,7 +12,7 @@ import soundfile as sf
 from api.schemas import MediaIn
 from flows.compute.errors import MediaError
 from flows.compute.render import RenderClip, RenderPlan, expected_duration, probe_media
-from flows.corpus import Manifest, load_manifest, make_sample_corpus
+from ops.corpus import Manifest, load_manifest, make_sample_corpus
 from tests.media import decode_audio
 
 

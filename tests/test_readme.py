@@ -90,3 +90,15 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
     assert applied == {"applied": 1, "unchanged": 0, "rejected": [], "dry_run": False}
     durations = next(k for k in coverage["kinds"] if k["kind"] == "media-duration")
     assert durations["done"] == 1 and durations["pending"] == 0
+
+
+def test_readme_layout_names_every_top_level_folder() -> None:
+    """The layout section lists each folder of the checkout (and prefect.yaml), once."""
+    text = (ROOT / "README.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^    (\S+)", layout, flags=re.MULTILINE)
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    folders = {f"{p.split('/')[0]}/" for p in tracked if "/" in p and not p.startswith(".")}
+    assert sorted(listed) == sorted(folders | {"prefect.yaml"})

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from flows.compute.errors import MediaError, stat_regular_file
+from flows.compute.errors import MediaError, read_error, stat_regular_file
 
 #: Algorithms accepted (the wire contract's `HashAlgorithm` values).
 ALGORITHMS: frozenset[str] = frozenset({"md5", "sha1", "sha256", "blake2b"})
@@ -80,12 +80,8 @@ def hash_file(path: Path, algorithm: str = "sha256") -> str:
         after_path = path.stat()
     except MediaError:
         raise
-    except FileNotFoundError:
-        raise MediaError(f"{name} changed while being hashed (it was removed)") from None
-    except PermissionError:
-        raise MediaError(f"{name} is not readable (permission denied)") from None
     except OSError as exc:
-        raise MediaError(f"{name} could not be read: {exc.strerror or exc}") from None
+        raise read_error(exc, name, missing="changed while being hashed (it was removed)") from None
     if (
         total != before.st_size
         or not _same_version(before, after_fd)

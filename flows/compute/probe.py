@@ -42,7 +42,7 @@ import soundfile as sf
 from pydantic import BaseModel, Field
 
 from api.schemas import MediaType
-from flows.compute.errors import MediaError, stat_regular_file
+from flows.compute.errors import MediaError, read_error, stat_regular_file
 
 if TYPE_CHECKING:  # imported where first needed: `import av` costs ~0.2 s per process
     import av
@@ -101,12 +101,8 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
             if offset:
                 handle.seek(offset)
             return handle.read(size) or b""
-    except FileNotFoundError:
-        raise MediaError(f"{name} does not exist") from None
-    except PermissionError:
-        raise MediaError(f"{name} is not readable (permission denied)") from None
     except OSError as exc:
-        raise MediaError(f"{name} could not be read: {exc.strerror or exc}") from None
+        raise read_error(exc, name) from None
 
 
 def _is_mpeg_audio_sync(data: bytes) -> bool:

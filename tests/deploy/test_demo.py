@@ -27,13 +27,13 @@ DEMO_TIMEOUT = 150
 
 
 def demo_command() -> list[str]:
-    """`backfill demo` once it is wired into the CLI; `python -m flows.demo` until then."""
-    from flows.cli import app
+    """`backfill demo` once it is wired into the CLI; `python -m ops.demo` until then."""
+    from ops.cli import app
 
     names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
     if "demo" in names:
         return [str(Path(sys.executable).parent / "backfill"), "demo"]
-    return [sys.executable, "-m", "flows.demo"]
+    return [sys.executable, "-m", "ops.demo"]
 
 
 def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> None:

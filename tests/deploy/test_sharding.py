@@ -15,8 +15,8 @@ import pytest
 
 from api.schemas import MediaIn
 from flows.client import BackfillClient
-from flows.demo import drain_prefect_workers
 from flows.engine import BackfillReport
+from ops.demo import drain_prefect_workers
 from tests.conftest import LiveApi
 from tests.deploy.conftest import PrefectServer
 

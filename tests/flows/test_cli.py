@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from api.schemas import BackfillKind, MediaIn
-from flows.cli import app
 from flows.client import BackfillClient
 from flows.settings import PREFECT_STARTUP_TIMEOUT_ENV, ConfigError, prefect_startup_timeout
+from ops.cli import app
 from tests.conftest import ROOT, LiveApi
 from tests.flows.conftest import write_wav
 
@@ -214,7 +214,7 @@ def test_run_fills_durations_and_prints_the_summary(
 def test_a_local_run_sends_no_heartbeats_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.settings import get_current_settings, temporary_settings
 
-    from flows.cli import _local_run_settings
+    from ops.cli import _local_run_settings
 
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
     with temporary_settings(updates={"flows.heartbeat_frequency": 60}):
@@ -240,7 +240,7 @@ def test_temporary_prefect_server_that_does_not_start_is_one_line(tmp_path: Path
         "BACKFILL_MEDIA_ROOT": str(tmp_path / "media"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "file-hashing"],
+        [sys.executable, "-m", "ops.cli", "run", "file-hashing"],
         cwd=tmp_path,
         env=env | {"PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -28,7 +28,7 @@ from api.schemas import (
     ProjectStatusUpdate,
 )
 from flows.client import APIConnectionError, BackfillClient
-from flows.clip_compile import CompileClient, clip_compile
+from flows.clip_compile import clip_compile
 from flows.compute.render import probe_media
 from flows.engine import BackfillFailed
 from tests.conftest import ROOT, LiveApi
@@ -320,9 +320,9 @@ def test_clip_compile_skips_a_project_claimed_by_another_run(
     api = client_env
     mine = create_project(api, "mine", "fay", [ClipIn(media_id=videos["b"], start=0, end=0.5)])
     theirs = create_project(api, "theirs", "fay", [ClipIn(media_id=videos["a"], start=0, end=1)])
-    original = CompileClient.pending
+    original = BackfillClient.pending
 
-    def racing_pending(self: CompileClient, *args: Any, **kwargs: Any) -> Any:
+    def racing_pending(self: BackfillClient, *args: Any, **kwargs: Any) -> Any:
         """Another run claims `theirs` right after this run paged it."""
         page = original(self, *args, **kwargs)
         if any(item.record_id == theirs for item in page.items):
@@ -330,7 +330,7 @@ def test_clip_compile_skips_a_project_claimed_by_another_run(
                 other.set_project_status(theirs, ProjectStatusUpdate(status="compiling"))
         return page
 
-    monkeypatch.setattr(CompileClient, "pending", racing_pending)
+    monkeypatch.setattr(BackfillClient, "pending", racing_pending)
 
     report = clip_compile()
 
@@ -357,7 +357,7 @@ def test_clip_compile_rerender_after_a_crash_reuses_the_output_name(
         raise APIConnectionError("the API went away before the result was posted")
 
     with monkeypatch.context() as patch:
-        patch.setattr(CompileClient, "post_results", crash)
+        patch.setattr(BackfillClient, "post_results", crash)
         with pytest.raises(BackfillFailed):
             clip_compile()
     first = files_in(output_root)

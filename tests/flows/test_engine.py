@@ -13,23 +13,33 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect import flow
 from prefect.logging import disable_run_logger
 
 from api.schemas import BackfillKind, DurationResult, PendingItem
+from flows.client import BackfillClient
+from flows.compute.errors import MediaError
 from flows.engine import (
     BackfillFailed,
     BackfillReport,
     ChunkRunner,
     ProgressUpdate,
-    chunk_task_runner,
+    backfill_flow,
     process_chunk,
     progress_listener,
     run_backfill,
 )
 from flows.media import local_media
 from flows.settings import ClientSettings
-from flows.spec import Backfill, BackfillParams
+from flows.spec import (
+    Backfill,
+    BackfillParams,
+    BatchSize,
+    Concurrency,
+    Job,
+    Planned,
+    Ratio,
+    Skip,
+)
 from tests.flows.conftest import write_wav
 from tests.flows.fake_api import FakeApi
 from tests.flows.helpers import WARMUP_LOG, fake_duration, warm_up, wav_duration
@@ -132,32 +142,66 @@ def test_chunk_lets_a_compute_bug_fail_the_chunk(pool: ThreadPoolExecutor, tmp_p
     assert api.batches == []
 
 
+def claim_by_uri(client: BackfillClient, job: Job[BackfillParams]) -> Job[BackfillParams] | Skip:
+    """A claim through the one client: `taken/...` is another run's, `gone/...` is bad."""
+    uri = job.item.uri or ""
+    if uri.startswith("taken/"):
+        return Skip(f"record {job.item.record_id} is another run's")
+    if uri.startswith("gone/"):
+        raise MediaError(f"{uri} has no media")
+    coverage = client.coverage()  # what compute needs, fetched here and handed over
+    return replace(job, context=coverage)
+
+
+def planned_in_dry_run(job: Job[BackfillParams]) -> DurationResult | Planned:
+    assert job.context is not None, "claimed jobs carry what claim fetched"
+    if job.params.dry_run:
+        return Planned(note="would write")
+    return DurationResult(record_id=job.item.record_id, duration=1.0)
+
+
+CLAIMING = replace(FAKE, compute=planned_in_dry_run, claim=claim_by_uri)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_chunk_claims_skips_and_plans_through_the_spec_hooks(
+    pool: ThreadPoolExecutor, tmp_path: Path, dry_run: bool
+) -> None:
+    uris = {1: "ok/1", 2: "taken/2", 3: "gone/3", 4: "ok/4"}
+    api = FakeApi(KIND, uris)
+    params = BackfillParams(dry_run=dry_run)
+    runner = ChunkRunner(CLAIMING, params, settings_for(tmp_path), api.client(), pool)
+
+    with disable_run_logger():
+        report = process_chunk.fn(runner, items_of(uris))
+
+    # 1 and 4 computed (posted, or planned and not posted in a dry run), 2 left alone
+    # (unchanged, no failure), 3 a per-record failure from the claim.
+    assert (report.applied, report.unchanged, report.failed) == (2, 1, 1)
+    assert report.errors == ["<uri> has no media"]
+    if dry_run:
+        assert api.batches == [] and api.attempts == {}
+    else:
+        assert api.values == {1: {"duration": 1.0}, 4: {"duration": 1.0}}
+        assert api.errors == {3: "gone/3 has no media"}
+
+
 # --- Whole runs -----------------------------------------------------------------------------
 
 ACTIVE: dict[str, Any] = {}
 
 
-@flow(name="fake-backfill", task_runner=chunk_task_runner())
-def fake_backfill(
-    batch_size: int = 3,
-    limit: int | None = None,
-    dry_run: bool = False,
-    only_failed: bool = False,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    max_failure_ratio: float = 0.5,
-    concurrency: int | None = 2,
-) -> BackfillReport:
-    params = BackfillParams(
-        batch_size=batch_size,
-        limit=limit,
-        dry_run=dry_run,
-        only_failed=only_failed,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        max_failure_ratio=max_failure_ratio,
-        concurrency=concurrency,
-    )
+class FakeParams(BackfillParams):
+    """Small chunks, a lenient ratio, two chunks in flight: the engine's paths in few records."""
+
+    batch_size: BatchSize = 3
+    max_failure_ratio: Ratio = 0.5
+    concurrency: Concurrency = 2
+
+
+@backfill_flow(KIND, FakeParams)
+def fake_backfill(params: FakeParams) -> BackfillReport:
+    """The engine on whatever `use` activated."""
     return run_backfill(
         ACTIVE["spec"], params, settings=ACTIVE["settings"], client=ACTIVE["client"]
     )

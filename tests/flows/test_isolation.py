@@ -3,6 +3,7 @@ process whose environment has no database URL, then look at what it imported."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from tests.flows.conftest import write_wav
 
 SCRIPT = """
 import json, sys
-import flows.cli, flows.file_hashing, flows.media_duration, flows.registry
+import ops.cli, flows.file_hashing, flows.media_duration, flows.registry
 from api.schemas import MediaIn
 from flows.client import BackfillClient
 from flows.settings import load_settings
@@ -64,3 +65,20 @@ def test_flows_run_without_database_modules_or_url(
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == {"loaded": [], "durations": 3, "hashes": 3}
+
+
+def test_flows_import_nothing_from_the_operator_tools() -> None:
+    """ops/ may use flows/ and api/; flows/ never uses ops/ (nor api/ beyond the contract)."""
+    found = []
+    for path in sorted((ROOT / "flows").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [
+                f"{path.relative_to(ROOT)}: {name}"
+                for name in names
+                if name.split(".")[0] == "ops"
+                or (name.split(".")[0] == "api" and name != "api.schemas")
+            ]
+    assert found == []

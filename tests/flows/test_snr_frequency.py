@@ -15,15 +15,15 @@ import typer
 from typer.testing import CliRunner
 
 from api.schemas import BackfillKind, MediaIn, PendingItem, SnrFrequencyResult
-from flows.cli_corpus import sample_corpus
 from flows.client import BackfillClient
 from flows.compute.audio import warm_up
-from flows.corpus import load_manifest, make_sample_corpus, write_tone, write_video
 from flows.settings import ClientSettings
 from flows.snr_frequency import snr_frequency
 from flows.snr_spec import SNR_FREQUENCY
 from flows.spec import BackfillParams, ItemOutcome, Job, run_item
 from flows.version_migration import version_migration
+from ops.cli_corpus import sample_corpus
+from ops.corpus import load_manifest, make_sample_corpus, write_tone, write_video
 from tests.conftest import LiveApi
 
 KIND = BackfillKind.SNR_FREQUENCY
@@ -162,7 +162,7 @@ def test_snr_frequency_matches_the_corpus_manifest(
     assert (again.status, again.processed) == ("completed", 0)
 
 
-# --- The sample-corpus command (registered on `backfill` by flows/cli.py) -------------------
+# --- The sample-corpus command (registered on `backfill` by ops/cli.py) -------------------
 
 
 def corpus_cli() -> typer.Typer:

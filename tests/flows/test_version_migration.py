@@ -13,12 +13,12 @@ from prefect.logging import disable_run_logger
 
 from api.schemas import BackfillKind, MediaIn, MediaPublic, PendingItem, Version0Result
 from flows.client import BackfillClient
-from flows.corpus import Manifest, ManifestFile, make_sample_corpus, write_tone
 from flows.engine import ChunkRunner, ProgressUpdate, process_chunk
 from flows.engine import progress_listener as on_progress
 from flows.settings import ClientSettings
 from flows.spec import BackfillParams, ItemOutcome, Job, run_item
 from flows.version_migration import VERSION_0, version_migration
+from ops.corpus import Manifest, ManifestFile, make_sample_corpus, write_tone
 from tests.conftest import LiveApi
 
 KIND = BackfillKind.VERSION_0

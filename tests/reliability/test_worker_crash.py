@@ -1,4 +1,4 @@
-"""The flow process itself (`backfill run file-hashing`, i.e. `python -m flows.cli run`) is
+"""The flow process itself (`backfill run file-hashing`, i.e. `python -m ops.cli run`) is
 SIGKILLed in the middle of a run; a new run finishes the rest and nothing is applied twice.
 
 The worker is a real subprocess talking to a real API process (uvicorn over the session's
@@ -59,7 +59,7 @@ def test_worker_killed_mid_run_a_new_run_finishes_without_double_writes(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     log_path = tmp_path / "worker.log"
-    command = [sys.executable, "-m", "flows.cli", "run", "file-hashing"]
+    command = [sys.executable, "-m", "ops.cli", "run", "file-hashing"]
     command += ["--batch-size", str(BATCH), "--concurrency", "3"]
     with log_path.open("wb") as log:
         worker = subprocess.Popen(

@@ -1,8 +1,8 @@
 """`backfill sample-corpus DIR`: write the synthetic sample corpus and its manifest.
 
-Registered on the `backfill` app in flows/cli.py::
+Registered on the `backfill` app in ops/cli.py::
 
-    from flows.cli_corpus import sample_corpus
+    from ops.cli_corpus import sample_corpus
     app.command("sample-corpus")(sample_corpus)
 
 numpy, soundfile and moviepy are imported only when the command runs.
@@ -45,7 +45,7 @@ def sample_corpus(
 ) -> None:
     """Write a synthetic corpus (audio, video, legacy, corrupt files) and manifest.json, the
     ground truth of every file (frequency, SNR, duration, sha256, expected errors)."""
-    from flows.corpus import MANIFEST_NAME, make_sample_corpus
+    from ops.corpus import MANIFEST_NAME, make_sample_corpus
 
     try:
         with errors.status(f"writing the sample corpus into {directory} ..."):

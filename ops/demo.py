@@ -2,7 +2,7 @@
 
 1. a temporary Prefect server starts in the background (PREFECT_HOME = <workdir>/prefect;
    10-25 s on a small machine, most of it Prefect's own migrations the first time) while
-2. the sample corpus is written to <workdir>/media (`flows.corpus`, ground truth included),
+2. the sample corpus is written to <workdir>/media (`ops.corpus`, ground truth included),
 3. the API starts on a free loopback port over a fresh SQLite file (<workdir>/api.db),
    an admin token is created, and the media (legacy files as schema_version 0) and the
    clip projects are registered through it;
@@ -17,7 +17,6 @@ Heavy imports (Prefect, sqlalchemy for the server-side setup, numpy) happen insi
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -25,26 +24,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, TypeVar
+from unittest import mock
 
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from api.schemas import BackfillKind
 from flows.client import APIError
 from flows.settings import ConfigError, prefect_startup_timeout
+from ops.running import progress_bar, quiet_prefect_console, quiet_prefect_env, run_with_progress
 
 if TYPE_CHECKING:
     from flows.client import BackfillClient
-    from flows.corpus import Manifest
     from flows.engine import BackfillReport
+    from ops.corpus import Manifest
 
 console = Console()
 errors = Console(stderr=True)
@@ -271,21 +272,6 @@ def _timed(label: str, work: Callable[[], T], detail: Callable[[T], str]) -> T:
     return value
 
 
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the flows of this process; restore them afterwards."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 # --- Registration --------------------------------------------------------------------------
 
 
@@ -314,52 +300,13 @@ class KindRun:
     seconds: float = 0.0
 
 
-@contextmanager
-def _quiet_prefect_console() -> Iterator[None]:
-    """Prefect's console at WARNING and without tracebacks: the demo reports each run itself
-    (the full logs still reach the Prefect server)."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    def no_traceback(record: logging.LogRecord) -> bool:
-        return record.exc_info is None
-
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
-    levels = [h.level for h in handlers]
-    for handler in handlers:
-        handler.setLevel(max(handler.level, logging.WARNING))
-        handler.addFilter(no_traceback)
-    try:
-        yield
-    finally:
-        for handler, level in zip(handlers, levels, strict=True):
-            handler.setLevel(level)
-            handler.removeFilter(no_traceback)
-
-
 def _run_kind(kind: BackfillKind, bar: Progress) -> KindRun:
     """Run one registered flow in this process; a failed run is reported, not raised."""
-    from prefect.client.schemas.objects import State
-
-    from flows.engine import BackfillFailed, ProgressUpdate, progress_listener
-    from flows.registry import load_flow
-
-    flow = load_flow(kind)
-    task_id = bar.add_task(kind.value, total=None, counts="starting")
-
-    def show(update: ProgressUpdate) -> None:
-        counts = (
-            f"applied {update.applied}  unchanged {update.unchanged}  "
-            f"rejected {update.rejected}  failed {update.failed}"
-        )
-        total = max(update.expected or 0, update.processed)
-        bar.update(task_id, completed=update.processed, total=total, counts=counts)
+    from flows.engine import BackfillFailed
 
     started = time.perf_counter()
     run = KindRun(kind)
-    with progress_listener(show):
-        state = cast(
-            "State[Any]", flow(max_failure_ratio=DEMO_MAX_FAILURE_RATIO, return_state=True)
-        )
+    state = run_with_progress(kind, {"max_failure_ratio": DEMO_MAX_FAILURE_RATIO}, bar)
     run.seconds = time.perf_counter() - started
     if state.is_completed():
         run.report = state.result()
@@ -370,21 +317,12 @@ def _run_kind(kind: BackfillKind, bar: Progress) -> KindRun:
             run.error = outcome.report.reason
         else:
             run.error = " ".join(str(outcome).split()) or state.message or state.type.value
-    done = run.report.processed if run.report else 0
-    bar.update(task_id, total=max(done, 1), completed=max(done, 1) if run.report else 0)
     return run
 
 
 def _run_flows(kinds: list[BackfillKind], prefect_api_url: str, home: Path) -> list[KindRun]:
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    columns = (
-        TextColumn("  [bold]{task.description:<16}[/bold]"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TimeElapsedColumn(),
-    )
     runs: list[KindRun] = []
     with (
         temporary_settings(
@@ -395,8 +333,8 @@ def _run_flows(kinds: list[BackfillKind], prefect_api_url: str, home: Path) -> l
                 "flows.heartbeat_frequency": None,
             }
         ),
-        _quiet_prefect_console(),
-        Progress(*columns, console=console, disable=not console.is_terminal) as bar,
+        quiet_prefect_console(),
+        progress_bar(console) as bar,
     ):
         for kind in kinds:
             runs.append(_run_kind(kind, bar))
@@ -514,8 +452,7 @@ def run_demo(*, keep: bool, workdir: Path) -> int:
     layout = Layout(workdir.resolve())
     console.print(f"[bold]corpus-backfills demo[/bold] in {layout.root}")
     # Before Prefect is imported: no telemetry, and its console lines would tear the bars.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    quiet_prefect_env()
     try:
         prefect_startup_timeout()  # a bad value: say so before anything starts
     except ConfigError as exc:
@@ -537,8 +474,8 @@ def _demo(layout: Layout, stack: ExitStack, *, keep: bool, started: float) -> in
     from api.migrate import upgrade
     from api.services.tokens import create_token
     from flows.client import BackfillClient
-    from flows.corpus import make_sample_corpus
     from flows.registry import FLOWS
+    from ops.corpus import make_sample_corpus
 
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.fresh_start()
@@ -602,7 +539,7 @@ def _demo(layout: Layout, stack: ExitStack, *, keep: bool, started: float) -> in
         "BACKFILL_MEDIA_ROOT": str(layout.media),
         "BACKFILL_OUTPUT_ROOT": str(layout.compiled),
     }
-    with _environment(client_env):
+    with mock.patch.dict(os.environ, client_env):  # restored afterwards
         runs = _run_flows(kinds, f"{prefect.url}/api", layout.prefect_home)
         # Compiled videos are media records too: give them their fields in a second pass.
         again = _new_work(client, kinds)
@@ -678,5 +615,5 @@ def demo(
     raise typer.Exit(run_demo(keep=keep, workdir=workdir))
 
 
-if __name__ == "__main__":  # `python -m flows.demo`, until `backfill demo` is wired
+if __name__ == "__main__":  # `python -m ops.demo`, until `backfill demo` is wired
     typer.run(demo)

@@ -6,24 +6,26 @@ Errors are one line on stderr, never a traceback. Prefect is imported only by `r
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import typing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
+import annotated_types
 import typer
+from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from api.cli import app as api_app
-from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaIn, MediaType
-from flows.cli_corpus import sample_corpus
+from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaIn
 from flows.client import APIError, AuthenticationError, BackfillClient, PermissionDeniedError
-from flows.demo import demo
 from flows.settings import (
     PREFECT_STARTUP_TIMEOUT_ENV,
     ClientSettings,
@@ -31,6 +33,10 @@ from flows.settings import (
     load_settings,
     prefect_startup_timeout,
 )
+from flows.spec import BackfillParams
+from ops.cli_corpus import sample_corpus
+from ops.demo import demo
+from ops.running import progress_bar, quiet_prefect_console, quiet_prefect_env, run_with_progress
 
 if TYPE_CHECKING:
     from flows.engine import BackfillReport
@@ -89,47 +95,43 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
-@app.command()
+def _model_options(params: type[BaseModel]) -> list[inspect.Parameter]:
+    """A `--name` option for each field of `params`, with the field's type, bounds and
+    description. Each defaults to None: not given, the flow's own default applies."""
+    options = []
+    for name, field in params.model_fields.items():
+        bounds: dict[str, Any] = {}
+        for rule in field.metadata:
+            if isinstance(rule, annotated_types.Ge):
+                bounds["min"] = rule.ge
+            elif isinstance(rule, annotated_types.Le):
+                bounds["max"] = rule.le
+        kind = field.annotation
+        kinds = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        option = typer.Option(help=field.description, show_default=False, **bounds)
+        options.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[kinds[0] | None, option],
+            )
+        )
+    return options
+
+
 def run(
-    kind: Annotated[BackfillKind, typer.Argument(help="The backfill to run.")],
-    dry_run: Annotated[bool, typer.Option(help="Compute and report; write nothing.")] = False,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many records.")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, max=MAX_BATCH_ITEMS, help="Records per chunk.")
-    ] = None,
-    media_type: Annotated[MediaType | None, typer.Option(help="Only records of this type.")] = None,
-    only_failed: Annotated[bool, typer.Option(help="Reprocess the failure ledger.")] = False,
-    shard_index: Annotated[int, typer.Option(min=0, help="This run's shard.")] = 0,
-    shard_count: Annotated[int, typer.Option(min=1, help="Number of shards.")] = 1,
-    max_failure_ratio: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Fail above this share of failures.")
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Chunks in flight (default: cores + 1).")
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option("--param", "-p", help="A kind option, KEY=VALUE (e.g. algorithm=md5)."),
-    ] = None,
-    verbose: Annotated[bool, typer.Option(help="Show Prefect's log lines.")] = False,
+    kind: BackfillKind,
+    param: list[str] | None = None,
+    verbose: bool = False,
+    **options: Any,
 ) -> None:
     """Run one backfill flow here, with a progress bar and a summary table."""
     from flows.registry import FLOWS
 
     if kind not in FLOWS:
         raise fail(f"no flow for {kind.value} yet; available: {', '.join(FLOWS)}", 2)
-    given: dict[str, Any] = {
-        "dry_run": dry_run,
-        "limit": limit,
-        "batch_size": batch_size,
-        "media_type": media_type,
-        "only_failed": only_failed,
-        "shard_index": shard_index,
-        "shard_count": shard_count,
-        "max_failure_ratio": max_failure_ratio,
-        "concurrency": concurrency,
-    }
-    parameters = {k: v for k, v in given.items() if v is not None}
+    parameters = {k: v for k, v in options.items() if v is not None}
     parameters |= _parse_params(param or [])
     with cli_errors():
         settings = load_settings()
@@ -137,43 +139,43 @@ def run(
         if not settings.MEDIA_ROOT.is_dir():
             raise ConfigError(f"BACKFILL_MEDIA_ROOT {settings.MEDIA_ROOT} is not a directory")
         startup = prefect_startup_timeout()
-    # Before Prefect is imported: a throwaway local server has nobody to send telemetry to,
-    # and its console lines would tear through the progress bar (the API still gets them).
-    # Without PREFECT_API_URL Prefect starts that server, and gives it 20 s by default: too
-    # little on a busy machine.
+    # Without PREFECT_API_URL Prefect starts a temporary server, and gives it 20 s by default:
+    # too little on a busy machine.
     os.environ[PREFECT_STARTUP_TIMEOUT_ENV] = str(startup)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    quiet_prefect_env(verbose=verbose)
     report = _run_flow(kind, parameters, verbose)
     _print_report(report)
     if report.status != "completed":
         raise fail(f"{kind.value} run failed: {report.reason}", 1)
 
 
-@contextmanager
-def _prefect_console(verbose: bool) -> Iterator[None]:
-    """Keep Prefect's console to warnings, without tracebacks: we report errors in one line.
-
-    Only the console: the run's log lines still reach the Prefect API (and UI) in full.
-    """
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    def no_traceback(record: logging.LogRecord) -> bool:
-        return record.exc_info is None
-
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
-    levels = [h.level for h in handlers]
-    if not verbose:
-        for handler in handlers:
-            handler.setLevel(max(handler.level, logging.WARNING))
-            handler.addFilter(no_traceback)
-    try:
-        yield
-    finally:
-        for handler, level in zip(handlers, levels, strict=True):
-            handler.setLevel(level)
-            handler.removeFilter(no_traceback)
+_run_arguments = [
+    inspect.Parameter(
+        "kind",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=Annotated[BackfillKind, typer.Argument(help="The backfill to run.")],
+    ),
+    *_model_options(BackfillParams),
+    inspect.Parameter(
+        "param",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            list[str] | None,
+            typer.Option("--param", "-p", help="A kind option, KEY=VALUE (e.g. algorithm=md5)."),
+        ],
+    ),
+    inspect.Parameter(
+        "verbose",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, typer.Option(help="Show Prefect's log lines.")],
+    ),
+]
+# `backfill run`'s options are the fields of the parameters every flow takes.
+run.__signature__ = inspect.Signature(_run_arguments, return_annotation=None)  # type: ignore[attr-defined]
+run.__annotations__ = {p.name: p.annotation for p in _run_arguments}
+app.command()(run)
 
 
 @contextmanager
@@ -212,11 +214,10 @@ def _prefect_start_errors() -> Iterator[None]:
 
 
 def _run_flow(kind: BackfillKind, parameters: dict[str, Any], verbose: bool) -> BackfillReport:
-    from prefect.client.schemas.objects import State
     from prefect.exceptions import ParameterTypeError, SignatureMismatchError
     from pydantic import ValidationError
 
-    from flows.engine import BackfillFailed, ProgressUpdate, progress_listener
+    from flows.engine import BackfillFailed
     from flows.registry import load_flow
 
     flow = load_flow(kind)
@@ -229,35 +230,13 @@ def _run_flow(kind: BackfillKind, parameters: dict[str, Any], verbose: bool) -> 
     finally:
         prefect_flows.level = level
 
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TimeElapsedColumn(),
-    )
     with (
-        _prefect_console(verbose),
-        Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as bar,
+        quiet_prefect_console(verbose=verbose),
+        progress_bar(errors, transient=True) as bar,
+        _local_run_settings(),
+        _prefect_start_errors(),
     ):
-        task_id = bar.add_task(f"{kind.value} (starting)", total=None, counts="")
-
-        def show(update: ProgressUpdate) -> None:
-            counts = (
-                f"applied {update.applied} unchanged {update.unchanged} "
-                f"rejected {update.rejected} failed {update.failed}"
-            )
-            total = max(update.expected or 0, update.processed) or None
-            bar.update(
-                task_id,
-                description=kind.value,
-                completed=update.processed,
-                total=total,
-                counts=counts,
-            )
-
-        with progress_listener(show), _local_run_settings(), _prefect_start_errors():
-            state = cast(State[Any], flow(**parameters, return_state=True))
+        state = run_with_progress(kind, parameters, bar)
     if state.is_completed():
         result: BackfillReport = state.result()
         return result
