@@ -18,6 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import TABLES, empty_tables
+
+__all__ = ["TABLES"]  # re-exported: tests/api reads it from here
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,28 +96,41 @@ def stop_group(
     STARTED.pop(process.pid, None)
 
 
+#: Leftover reports of the xdist workers, collected by the controller (`pytest_testnodedown`).
+WORKER_LEFTOVERS: list[str] = []
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run loudly if a process a test started is still alive, and kill it."""
+    """Fail the run loudly if a process a test started is still alive, and kill it.
+
+    Under pytest-xdist each worker checks what it started itself and hands its report to the
+    controller (a worker's own exit status is not what the run returns), which prints
+    them all and fails the run."""
     leftovers = {
         leader: (what, members)
         for leader, what in STARTED.items()
         if (members := session_members(leader))
     }
     STARTED.clear()
-    if not leftovers:
-        return
     for members in (members for _, members in leftovers.values()):
         for pid in members:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    lines = "\n".join(
+    found = [
         f"  {what} (session {leader}): pids {members}"
         for leader, (what, members) in leftovers.items()
-    )
+    ]
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["leftovers"] = found
+        return
+    found += WORKER_LEFTOVERS
+    if not found:
+        return
+    message = "processes started by the tests were still running; killed them:\n" + "\n".join(found)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    message = f"processes started by the tests were still running; killed them:\n{lines}"
     if reporter is not None:
         reporter.write_sep("!", "LEFTOVER PROCESSES", red=True, bold=True)
         reporter.write_line(message)
@@ -121,6 +138,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(message, file=sys.stderr)
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: collect what a finished worker found still running."""
+    output = getattr(node, "workeroutput", None) or {}
+    WORKER_LEFTOVERS.extend(f"{line} [{node.gateway.id}]" for line in output.get("leftovers", []))
 
 
 def _postgres_database(server_url: str) -> Iterator[str]:
@@ -161,19 +185,6 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-TABLES = (
-    "render_usage",
-    "clips",
-    "projects",
-    "owners",
-    "audit",
-    "idempotency_keys",
-    "backfill_failures",
-    "api_tokens",
-    "media",
-)
-
-
 @dataclass
 class Tokens:
     admin: str
@@ -187,16 +198,9 @@ class Tokens:
 @pytest.fixture
 def clean_db(database_url: str) -> Tokens:
     """Empty every table (keeping the seeded tiers), then issue fresh tokens."""
-    from sqlalchemy import text
-
-    from api.core.db import engine_for
     from api.services.tokens import create_token, revoke_token
 
-    engine = engine_for(database_url)
-    with engine.begin() as conn:
-        for table in TABLES:
-            conn.execute(text(f"DELETE FROM {table}"))
-        conn.execute(text("DELETE FROM tiers WHERE name <> 'free'"))
+    empty_tables(database_url)
     tokens = Tokens(
         admin=create_token(name="admin", role="admin", database_url=database_url),
         reader=create_token(name="reader", role="reader", database_url=database_url),
@@ -315,22 +319,34 @@ class LiveApi:
         self.start()
 
 
-@pytest.fixture
-def live_api(tmp_path: Path) -> Iterator[LiveApi]:
-    """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn."""
+@pytest.fixture(scope="session")
+def live_api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+    """One uvicorn for the session over a SQLite file of its own (see `live_api`)."""
     from api.migrate import upgrade
-    from api.services.tokens import create_token
 
-    url = f"sqlite:///{tmp_path / 'live.db'}"
+    folder = tmp_path_factory.mktemp("live-api")
+    url = f"sqlite:///{folder / 'live.db'}"
     upgrade(url)
-    api = LiveApi(
-        database_url=url,
-        admin_token=create_token(name="admin", role="admin", database_url=url),
-        reader_token=create_token(name="reader", role="reader", database_url=url),
-        log_path=tmp_path / "api.log",
-    )
+    api = LiveApi(database_url=url, admin_token="", reader_token="", log_path=folder / "api.log")
     api.start()
     try:
         yield api
     finally:
         api.stop()
+
+
+@pytest.fixture
+def live_api(live_api_server: LiveApi) -> LiveApi:
+    """The session's uvicorn over an emptied database with fresh admin and reader tokens;
+    started again first when an earlier test stopped it."""
+    from api.services.tokens import create_token
+
+    api = live_api_server
+    url = api.database_url
+    empty_tables(url)
+    api.admin_token = create_token(name="admin", role="admin", database_url=url)
+    api.reader_token = create_token(name="reader", role="reader", database_url=url)
+    if api.process is None or api.process.poll() is not None:
+        api.stop()
+        api.start()
+    return api

@@ -312,9 +312,11 @@ def deploy_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployApi]:
         api.stop()
 
 
-def deployable(prefect_yaml: Path = ROOT / "prefect.yaml") -> tuple[list[str], Path | None]:
+def deployable(
+    folder: Path, prefect_yaml: Path = ROOT / "prefect.yaml"
+) -> tuple[list[str], Path | None]:
     """Names (flow/deployment) of the entries whose flow file exists; a filtered copy of
-    prefect.yaml when some do not (None when every entry can be deployed)."""
+    prefect.yaml in `folder` when some do not (None when every entry can be deployed)."""
     from deployments.definitions import load_definitions
 
     specs = load_definitions(prefect_yaml)
@@ -325,8 +327,7 @@ def deployable(prefect_yaml: Path = ROOT / "prefect.yaml") -> tuple[list[str], P
     raw = yaml.safe_load(prefect_yaml.read_text())
     kept = {spec.entrypoint for spec in present}
     raw["deployments"] = [d for d in raw["deployments"] if d["entrypoint"] in kept]
-    copy = ROOT / "var" / "test-prefect.yaml"
-    copy.parent.mkdir(exist_ok=True)
+    copy = folder / "test-prefect.yaml"
     copy.write_text(yaml.safe_dump(raw, sort_keys=False))
     return names, copy
 
@@ -341,7 +342,7 @@ class Deployed:
 
 def deploy_all(prefect_server: PrefectServer) -> list[str]:
     """`uv run prefect deploy --all` (of the deployable part of prefect.yaml); the names."""
-    names, filtered = deployable()
+    names, filtered = deployable(prefect_server.home)
     command = "uv run prefect deploy --all"
     if filtered is not None:  # some flow modules have not landed yet: deploy the others
         command += f" --prefect-file {filtered}"
