@@ -240,6 +240,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(
+    process: subprocess.Popen[Any],
+    url: str,
+    timeout: float | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Wait until the API at `url` answers 200 on /api/v1/health, on a deadline of
+    `timeout` s (default `server_timeout()`); raise at once if `process` exits."""
+    timeout = server_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"API exited with {process.returncode}; see {log_path}")
+        try:
+            answer = httpx.get(f"{url}/api/v1/health", timeout=2)
+            if answer.status_code == 200:
+                return
+            last = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"API did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
+        f"last answer: {last}; see {log_path}"
+    )
+
+
 @dataclass
 class LiveApi:
     """A real uvicorn process on 127.0.0.1 over a migrated database of its own."""
@@ -289,25 +317,7 @@ class LiveApi:
 
     def _wait_healthy(self, timeout: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"API exited with {self.process.returncode}; see {self.log_path}"
-                )
-            try:
-                answer = httpx.get(f"{self.url}/api/v1/health", timeout=2)
-                if answer.status_code == 200:
-                    return
-                last = f"{answer.status_code} {answer.text[:200]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        raise RuntimeError(
-            f"API did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
-            f"last answer: {last}; see {self.log_path}"
-        )
+        wait_healthy(self.process, self.url, timeout, self.log_path)
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is not None:

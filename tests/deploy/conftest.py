@@ -31,6 +31,7 @@ from tests.conftest import (
     spawn,
     stop_group,
 )
+from tests.helpers import file_items, register
 
 __all__ = ["session_members", "stop_group"]  # re-exported for the tests of this folder
 
@@ -267,22 +268,13 @@ class DeployApi:
 
     def register_files(self, folder: str, sizes: list[int]) -> dict[str, Path]:
         """Write files of random bytes under the media root and register them as audio."""
-        from api.schemas import MediaIn
-        from flows.client import BackfillClient
-
         paths = {}
         for i, size in enumerate(sizes):
             path = self.media_root / folder / f"{i:04d}.bin"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(os.urandom(size))
             paths[path.relative_to(self.media_root).as_posix()] = path
-        items = [
-            MediaIn(uri=uri, media_type="audio", size_bytes=p.stat().st_size)
-            for uri, p in paths.items()
-        ]
-        with BackfillClient(self.api.url, self.api.admin_token) as client:
-            for start in range(0, len(items), 1000):
-                client.register_media(items[start : start + 1000])
+        register(self.api, file_items(self.media_root, paths.values()))
         return paths
 
     def hashes(self) -> dict[str, str | None]:
