@@ -96,6 +96,28 @@ def stop_group(
     STARTED.pop(process.pid, None)
 
 
+#: Session fixtures too costly to start in every xdist worker: the tests using one run in
+#: one worker (`--dist loadgroup`, see pyproject.toml), the others are spread.
+ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
+
+#: Fixtures that make a test `slow` (left out of the edit loop, `-m "not slow"`): a Prefect
+#: server (the test harness or `prefect server start`), a worker, the race servers. Tests slow
+#: for another reason (an outage waited out, a load minute) carry the mark themselves.
+SLOW_FIXTURES = ("prefect_api_url", "prefect_server", "worker", "race_api")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if any(fixture in names for fixture in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+        for fixture, group in ONE_WORKER.items():
+            if fixture in names:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 #: Leftover reports of the xdist workers, collected by the controller (`pytest_testnodedown`).
 WORKER_LEFTOVERS: list[str] = []
 
@@ -240,6 +262,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last lines of a server log, for an error message."""
+    if path is None or not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def wait_healthy(
     process: subprocess.Popen[Any],
     url: str,
@@ -253,7 +282,9 @@ def wait_healthy(
     last = "no answer"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"API exited with {process.returncode}; see {log_path}")
+            raise RuntimeError(
+                f"API exited with {process.returncode}; {log_path}:\n{log_tail(log_path)}"
+            )
         try:
             answer = httpx.get(f"{url}/api/v1/health", timeout=2)
             if answer.status_code == 200:
@@ -264,7 +295,7 @@ def wait_healthy(
         time.sleep(0.1)
     raise RuntimeError(
         f"API did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
-        f"last answer: {last}; see {log_path}"
+        f"last answer: {last}; {log_path}:\n{log_tail(log_path)}"
     )
 
 
