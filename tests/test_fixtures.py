@@ -45,6 +45,7 @@ def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
     assert session_members(leader) == [] and leader not in STARTED
 
 
+@pytest.mark.slow  # a whole pytest session in a subprocess, twice
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_a_server_left_running_fails_the_session_and_is_killed(
     tmp_path: Path, workers: list[str]

@@ -22,7 +22,7 @@ from tests.conftest import ROOT, LiveApi
 from tests.helpers import file_items, register
 from tests.reliability.helpers import MAX_RETRIES, Db, assert_hashed_once, small_files
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a worker process killed mid-run
 
 FILES = 3000
 BATCH = 20
