@@ -3,6 +3,7 @@ BACKFILL_TEST_DATABASE_URL names a server), the app over it, tokens, and a live 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -23,6 +24,11 @@ from tests.helpers import TABLES, empty_tables
 __all__ = ["TABLES"]  # re-exported: tests/api reads it from here
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# pytest-xdist's workers start with COLUMNS=80 set: a rich console made at import (a CLI's)
+# would be 80 columns wide whatever a test asks for, unlike in a serial run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
 
 
 def server_timeout() -> float:
@@ -167,6 +173,17 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     """xdist controller: collect what a finished worker found still running."""
     output = getattr(node, "workeroutput", None) or {}
     WORKER_LEFTOVERS.extend(f"{line} [{node.gateway.id}]" for line in output.get("leftovers", []))
+
+
+@pytest.fixture(autouse=True)
+def root_log_level() -> Iterator[None]:
+    """Put the root logger's level back after each test: an in-process app sets it
+    (`api.logging.configure_logging`), and a later test's caplog would then see every INFO
+    line of httpx, depending on which tests an xdist worker happened to run before it."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 def _postgres_database(server_url: str) -> Iterator[str]:
