@@ -23,7 +23,6 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from tests.conftest import (
     ROOT,
-    TABLES,
     LiveApi,
     free_port,
     prefect_server_timeout,
@@ -31,7 +30,7 @@ from tests.conftest import (
     spawn,
     stop_group,
 )
-from tests.helpers import file_items, register
+from tests.helpers import empty_tables, file_items, register
 
 __all__ = ["session_members", "stop_group"]  # re-exported for the tests of this folder
 
@@ -252,11 +251,7 @@ class DeployApi:
 
     def reset(self) -> None:
         """Empty every table but the tokens (the worker holds one) and the seeded tiers."""
-        with sqlite3.connect(self.db_path) as conn:
-            for table in TABLES:
-                if table != "api_tokens":
-                    conn.execute(f"DELETE FROM {table}")
-            conn.execute("DELETE FROM tiers WHERE name <> 'free'")
+        empty_tables(self.api.database_url, keep_tokens=True)
 
     @property
     def db_path(self) -> str:
