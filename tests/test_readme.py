@@ -33,6 +33,7 @@ def readme_commands() -> list[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # three `uv run` commands and an API
 def test_readme_api_walkthrough(tmp_path: Path) -> None:
     commands = readme_commands()
     assert [c.split()[0:4] for c in commands[:3]] == [
