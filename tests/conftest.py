@@ -377,34 +377,25 @@ class LiveApi:
         self.start()
 
 
-@pytest.fixture(scope="session")
-def live_api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
-    """One uvicorn for the session over a SQLite file of its own (see `live_api`)."""
-    from api.migrate import upgrade
+@pytest.fixture
+def live_api(tmp_path: Path) -> Iterator[LiveApi]:
+    """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn.
 
-    folder = tmp_path_factory.mktemp("live-api")
-    url = f"sqlite:///{folder / 'live.db'}"
+    One per test, not per session: a flow run some test leaves behind in a thread must not
+    write into the next test's database (seen with a shared server under xdist)."""
+    from api.migrate import upgrade
+    from api.services.tokens import create_token
+
+    url = f"sqlite:///{tmp_path / 'live.db'}"
     upgrade(url)
-    api = LiveApi(database_url=url, admin_token="", reader_token="", log_path=folder / "api.log")
+    api = LiveApi(
+        database_url=url,
+        admin_token=create_token(name="admin", role="admin", database_url=url),
+        reader_token=create_token(name="reader", role="reader", database_url=url),
+        log_path=tmp_path / "api.log",
+    )
     api.start()
     try:
         yield api
     finally:
         api.stop()
-
-
-@pytest.fixture
-def live_api(live_api_server: LiveApi) -> LiveApi:
-    """The session's uvicorn over an emptied database with fresh admin and reader tokens;
-    started again first when an earlier test stopped it."""
-    from api.services.tokens import create_token
-
-    api = live_api_server
-    url = api.database_url
-    empty_tables(url)
-    api.admin_token = create_token(name="admin", role="admin", database_url=url)
-    api.reader_token = create_token(name="reader", role="reader", database_url=url)
-    if api.process is None or api.process.poll() is not None:
-        api.stop()
-        api.start()
-    return api
