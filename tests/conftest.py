@@ -3,6 +3,7 @@ BACKFILL_TEST_DATABASE_URL names a server), the app over it, tokens, and a live 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,7 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import TABLES, empty_tables
+
+__all__ = ["TABLES"]  # re-exported: tests/api reads it from here
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# pytest-xdist's workers start with COLUMNS=80 set: a rich console made at import (a CLI's)
+# would be 80 columns wide whatever a test asks for, unlike in a serial run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
 
 
 def server_timeout() -> float:
@@ -92,28 +102,63 @@ def stop_group(
     STARTED.pop(process.pid, None)
 
 
+#: Session fixtures too costly to start in every xdist worker: the tests using one run in
+#: one worker (`--dist loadgroup`, see pyproject.toml), the others are spread.
+ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
+
+#: Fixtures that make a test `slow` (left out of the edit loop, `-m "not slow"`): a Prefect
+#: server (the test harness or `prefect server start`), a worker, the race servers. Tests slow
+#: for another reason (an outage waited out, a load minute) carry the mark themselves.
+SLOW_FIXTURES = ("prefect_api_url", "prefect_server", "worker", "race_api")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if any(fixture in names for fixture in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+        for fixture, group in ONE_WORKER.items():
+            if fixture in names:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
+#: Leftover reports of the xdist workers, collected by the controller (`pytest_testnodedown`).
+WORKER_LEFTOVERS: list[str] = []
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run loudly if a process a test started is still alive, and kill it."""
+    """Fail the run loudly if a process a test started is still alive, and kill it.
+
+    Under pytest-xdist each worker checks what it started itself and hands its report to the
+    controller (a worker's own exit status is not what the run returns), which prints
+    them all and fails the run."""
     leftovers = {
         leader: (what, members)
         for leader, what in STARTED.items()
         if (members := session_members(leader))
     }
     STARTED.clear()
-    if not leftovers:
-        return
     for members in (members for _, members in leftovers.values()):
         for pid in members:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    lines = "\n".join(
+    found = [
         f"  {what} (session {leader}): pids {members}"
         for leader, (what, members) in leftovers.items()
-    )
+    ]
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["leftovers"] = found
+        return
+    found += WORKER_LEFTOVERS
+    if not found:
+        return
+    message = "processes started by the tests were still running; killed them:\n" + "\n".join(found)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    message = f"processes started by the tests were still running; killed them:\n{lines}"
     if reporter is not None:
         reporter.write_sep("!", "LEFTOVER PROCESSES", red=True, bold=True)
         reporter.write_line(message)
@@ -121,6 +166,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(message, file=sys.stderr)
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: collect what a finished worker found still running."""
+    output = getattr(node, "workeroutput", None) or {}
+    WORKER_LEFTOVERS.extend(f"{line} [{node.gateway.id}]" for line in output.get("leftovers", []))
+
+
+@pytest.fixture(autouse=True)
+def root_log_level() -> Iterator[None]:
+    """Put the root logger's level back after each test: an in-process app sets it
+    (`api.logging.configure_logging`), and a later test's caplog would then see every INFO
+    line of httpx, depending on which tests an xdist worker happened to run before it."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 def _postgres_database(server_url: str) -> Iterator[str]:
@@ -161,19 +224,6 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-TABLES = (
-    "render_usage",
-    "clips",
-    "projects",
-    "owners",
-    "audit",
-    "idempotency_keys",
-    "backfill_failures",
-    "api_tokens",
-    "media",
-)
-
-
 @dataclass
 class Tokens:
     admin: str
@@ -187,16 +237,9 @@ class Tokens:
 @pytest.fixture
 def clean_db(database_url: str) -> Tokens:
     """Empty every table (keeping the seeded tiers), then issue fresh tokens."""
-    from sqlalchemy import text
-
-    from api.core.db import engine_for
     from api.services.tokens import create_token, revoke_token
 
-    engine = engine_for(database_url)
-    with engine.begin() as conn:
-        for table in TABLES:
-            conn.execute(text(f"DELETE FROM {table}"))
-        conn.execute(text("DELETE FROM tiers WHERE name <> 'free'"))
+    empty_tables(database_url)
     tokens = Tokens(
         admin=create_token(name="admin", role="admin", database_url=database_url),
         reader=create_token(name="reader", role="reader", database_url=database_url),
@@ -234,6 +277,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last lines of a server log, for an error message."""
+    if path is None or not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_healthy(
+    process: subprocess.Popen[Any],
+    url: str,
+    timeout: float | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Wait until the API at `url` answers 200 on /api/v1/health, on a deadline of
+    `timeout` s (default `server_timeout()`); raise at once if `process` exits."""
+    timeout = server_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"API exited with {process.returncode}; {log_path}:\n{log_tail(log_path)}"
+            )
+        try:
+            answer = httpx.get(f"{url}/api/v1/health", timeout=2)
+            if answer.status_code == 200:
+                return
+            last = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"API did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
+        f"last answer: {last}; {log_path}:\n{log_tail(log_path)}"
+    )
 
 
 @dataclass
@@ -285,25 +365,7 @@ class LiveApi:
 
     def _wait_healthy(self, timeout: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"API exited with {self.process.returncode}; see {self.log_path}"
-                )
-            try:
-                answer = httpx.get(f"{self.url}/api/v1/health", timeout=2)
-                if answer.status_code == 200:
-                    return
-                last = f"{answer.status_code} {answer.text[:200]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        raise RuntimeError(
-            f"API did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
-            f"last answer: {last}; see {self.log_path}"
-        )
+        wait_healthy(self.process, self.url, timeout, self.log_path)
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is not None:
@@ -317,7 +379,10 @@ class LiveApi:
 
 @pytest.fixture
 def live_api(tmp_path: Path) -> Iterator[LiveApi]:
-    """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn."""
+    """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn.
+
+    One per test, not per session: a flow run some test leaves behind in a thread must not
+    write into the next test's database (seen with a shared server under xdist)."""
     from api.migrate import upgrade
     from api.services.tokens import create_token
 

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from sqlalchemy import text
 
@@ -44,6 +45,7 @@ def test_table_and_json(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # starts the API and times both paths
 def test_legacy_script_and_api_path(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'legacy.db'}"
     upgrade(url)

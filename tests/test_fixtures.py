@@ -45,9 +45,14 @@ def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
     assert session_members(leader) == [] and leader not in STARTED
 
 
-def test_a_server_left_running_fails_the_session_and_is_killed(tmp_path: Path) -> None:
+@pytest.mark.slow  # a whole pytest session in a subprocess, twice
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_server_left_running_fails_the_session_and_is_killed(
+    tmp_path: Path, workers: list[str]
+) -> None:
+    # Under xdist the leak happens in a worker; the controller must still fail the run.
     (tmp_path / "conftest.py").write_text(
-        "from tests.conftest import pytest_sessionfinish  # noqa: F401\n"
+        "from tests.conftest import pytest_sessionfinish, pytest_testnodedown  # noqa: F401\n"
     )
     (tmp_path / "test_leak.py").write_text(
         "import pathlib\n"
@@ -57,7 +62,17 @@ def test_a_server_left_running_fails_the_session_and_is_killed(tmp_path: Path) -
         "    pathlib.Path('pid').write_text(str(process.pid))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", "/dev/null", "."],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            "/dev/null",
+            *workers,
+            ".",
+        ],
         cwd=tmp_path,
         env=os.environ | {"PYTHONPATH": str(ROOT)},
         capture_output=True,

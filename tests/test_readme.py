@@ -7,13 +7,11 @@ import os
 import re
 import shlex
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, spawn, stop_group, wait_healthy
 
 
 def readme_commands() -> list[str]:
@@ -35,6 +33,7 @@ def readme_commands() -> list[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # three `uv run` commands and an API
 def test_readme_api_walkthrough(tmp_path: Path) -> None:
     commands = readme_commands()
     assert [c.split()[0:4] for c in commands[:3]] == [
@@ -54,14 +53,9 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
         text=True,
     ).stdout.strip()
     assert token.startswith("cbk_")
-    server = subprocess.Popen(shlex.split(serve), cwd=tmp_path, env=env)
+    server = spawn("the README's API", shlex.split(serve), cwd=tmp_path, env=env)
     try:
-        for _ in range(200):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_healthy(server, f"http://127.0.0.1:{port}")
         outputs = [
             json.loads(
                 subprocess.run(
@@ -77,8 +71,7 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
             for curl in curls
         ]
     finally:
-        server.terminate()
-        server.wait(15)
+        stop_group(server)
     registered, pending, applied, coverage = outputs
     assert registered["items"][0] == {
         "uri": "talks/intro.wav",

@@ -23,7 +23,6 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from tests.conftest import (
     ROOT,
-    TABLES,
     LiveApi,
     free_port,
     prefect_server_timeout,
@@ -31,6 +30,7 @@ from tests.conftest import (
     spawn,
     stop_group,
 )
+from tests.helpers import empty_tables, file_items, register
 
 __all__ = ["session_members", "stop_group"]  # re-exported for the tests of this folder
 
@@ -251,11 +251,7 @@ class DeployApi:
 
     def reset(self) -> None:
         """Empty every table but the tokens (the worker holds one) and the seeded tiers."""
-        with sqlite3.connect(self.db_path) as conn:
-            for table in TABLES:
-                if table != "api_tokens":
-                    conn.execute(f"DELETE FROM {table}")
-            conn.execute("DELETE FROM tiers WHERE name <> 'free'")
+        empty_tables(self.api.database_url, keep_tokens=True)
 
     @property
     def db_path(self) -> str:
@@ -267,22 +263,13 @@ class DeployApi:
 
     def register_files(self, folder: str, sizes: list[int]) -> dict[str, Path]:
         """Write files of random bytes under the media root and register them as audio."""
-        from api.schemas import MediaIn
-        from flows.client import BackfillClient
-
         paths = {}
         for i, size in enumerate(sizes):
             path = self.media_root / folder / f"{i:04d}.bin"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(os.urandom(size))
             paths[path.relative_to(self.media_root).as_posix()] = path
-        items = [
-            MediaIn(uri=uri, media_type="audio", size_bytes=p.stat().st_size)
-            for uri, p in paths.items()
-        ]
-        with BackfillClient(self.api.url, self.api.admin_token) as client:
-            for start in range(0, len(items), 1000):
-                client.register_media(items[start : start + 1000])
+        register(self.api, file_items(self.media_root, paths.values()))
         return paths
 
     def hashes(self) -> dict[str, str | None]:
@@ -312,9 +299,11 @@ def deploy_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployApi]:
         api.stop()
 
 
-def deployable(prefect_yaml: Path = ROOT / "prefect.yaml") -> tuple[list[str], Path | None]:
+def deployable(
+    folder: Path, prefect_yaml: Path = ROOT / "prefect.yaml"
+) -> tuple[list[str], Path | None]:
     """Names (flow/deployment) of the entries whose flow file exists; a filtered copy of
-    prefect.yaml when some do not (None when every entry can be deployed)."""
+    prefect.yaml in `folder` when some do not (None when every entry can be deployed)."""
     from deployments.definitions import load_definitions
 
     specs = load_definitions(prefect_yaml)
@@ -325,8 +314,7 @@ def deployable(prefect_yaml: Path = ROOT / "prefect.yaml") -> tuple[list[str], P
     raw = yaml.safe_load(prefect_yaml.read_text())
     kept = {spec.entrypoint for spec in present}
     raw["deployments"] = [d for d in raw["deployments"] if d["entrypoint"] in kept]
-    copy = ROOT / "var" / "test-prefect.yaml"
-    copy.parent.mkdir(exist_ok=True)
+    copy = folder / "test-prefect.yaml"
     copy.write_text(yaml.safe_dump(raw, sort_keys=False))
     return names, copy
 
@@ -341,7 +329,7 @@ class Deployed:
 
 def deploy_all(prefect_server: PrefectServer) -> list[str]:
     """`uv run prefect deploy --all` (of the deployable part of prefect.yaml); the names."""
-    names, filtered = deployable()
+    names, filtered = deployable(prefect_server.home)
     command = "uv run prefect deploy --all"
     if filtered is not None:  # some flow modules have not landed yet: deploy the others
         command += f" --prefect-file {filtered}"

@@ -1,6 +1,6 @@
 """The Prefect UI, in headless Chromium: a custom run of `file-hashing/nightly` started from
 its parameter form (limit and dry_run filled in), executed by the worker, seen complete
-through Prefect's API. A screenshot of the filled form is kept in var/screenshots/."""
+through Prefect's API. A screenshot of the filled form is kept in the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from uuid import UUID
 
 import pytest
 
-from tests.conftest import ROOT
 from tests.deploy.conftest import RUN_TIMEOUT, DeployApi, PrefectServer, Worker, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -24,7 +23,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOT = ROOT / "var" / "screenshots" / "custom-run-form.png"
 
 pytestmark = [
     pytest.mark.e2e,
@@ -36,10 +34,11 @@ pytestmark = [
 
 
 def test_custom_run_from_the_ui_form(
-    prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
+    prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi, tmp_path: Path
 ) -> None:
     from playwright.sync_api import Locator, Page, expect, sync_playwright
 
+    screenshot = tmp_path / "custom-run-form.png"
     deploy_api.reset()
     deploy_api.register_files("ui", [100, 200, 300, 400, 500])
     with prefect_server.client() as client:
@@ -86,8 +85,7 @@ def test_custom_run_from_the_ui_form(
             for described in ("batch_size", "limit", "dry_run", "only_failed"):
                 assert field(page, described).locator(".schema-form-property__description")
 
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True, animations="disabled")
+            page.screenshot(path=str(screenshot), full_page=True, animations="disabled")
             before = runs_of(deployment.id)
             page.get_by_role("button", name="Submit", exact=True).click()
             # The UI goes back to the deployment page; the new run is the one we started.
@@ -111,4 +109,4 @@ def test_custom_run_from_the_ui_form(
         (1, 3)
     ]
     assert set(deploy_api.hashes().values()) == {None}
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert screenshot.stat().st_size > 10_000

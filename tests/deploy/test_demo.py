@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import spawn
 from tests.deploy.conftest import session_members
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # its own Prefect server and API
 
 KINDS = ("media-duration", "file-hashing", "snr-frequency", "version-0", "clip-compile")
 

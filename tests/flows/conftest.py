@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveApi
+from tests.conftest import LiveApi, prefect_server_timeout
 
 
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
-    """Start Prefect's test server once per session; yield its API URL."""
+    """Start Prefect's test server once per session (on the deadline of
+    `prefect_server_timeout()`, from BACKFILL_TEST_SERVER_TIMEOUT); yield its API URL."""
+    timeout = int(prefect_server_timeout())
     env = {
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(timeout),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     saved = {k: os.environ.get(k) for k in env}
@@ -27,7 +29,7 @@ def prefect_api_url() -> Iterator[str]:
 
     try:
         with (
-            prefect_test_harness(server_startup_timeout=90),
+            prefect_test_harness(server_startup_timeout=timeout),
             # No crash-detection heartbeats here: joining their thread costs ~1 s per run.
             temporary_settings(updates={"flows.heartbeat_frequency": None}),
         ):

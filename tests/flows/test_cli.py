@@ -227,6 +227,7 @@ def test_a_local_run_sends_no_heartbeats_unless_asked(monkeypatch: pytest.Monkey
             assert get_current_settings().flows.heartbeat_frequency == 60
 
 
+@pytest.mark.slow  # ~75 s: the temporary server's start-up is waited out
 def test_temporary_prefect_server_that_does_not_start_is_one_line(tmp_path: Path) -> None:
     """No PREFECT_API_URL: `run` starts Prefect's temporary server; if it is not up within
     the start-up timeout, one plain line and exit 1 (here 1 s against a fresh PREFECT_HOME,

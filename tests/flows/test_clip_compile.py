@@ -136,20 +136,31 @@ def lose_first_compile_response(monkeypatch: pytest.MonkeyPatch) -> Iterator[lis
 # --- tests ---------------------------------------------------------------------------------
 
 
-def test_clip_compile_renders_queued_projects(
-    client_env: LiveApi,
-    media_root: Path,
-    videos: dict[str, int],
-    lose_first_compile_response: list[str],
-) -> None:
+@pytest.fixture
+def failing(client_env: LiveApi, media_root: Path, videos: dict[str, int]) -> dict[str, int]:
+    """Two projects that fail: one over its tier's quota, one with a clip whose file is gone;
+    name -> project id."""
     api = client_env
-    put_tier(api, "small", max_clips=2, max_height=32, monthly_render_seconds=60)
     put_tier(api, "tiny", max_clips=10, max_height=720, monthly_render_seconds=1)
-    a, b, c, swipe = videos["a"], videos["b"], videos["c"], videos["swipe"]
     write_video(media_root / "videos/gone.mp4", seconds=1.0)
     gone = register(api, ["videos/gone.mp4"], media_root)["gone"]
     (media_root / "videos/gone.mp4").unlink()
+    a, c = videos["a"], videos["c"]
+    clips = [ClipIn(media_id=a, start=0.0, end=1.0), ClipIn(media_id=gone, start=0.0, end=0.5)]
+    return {
+        "missing": create_project(api, "missing", "bob", clips),
+        "over": create_project(
+            api, "over", "carol", [ClipIn(media_id=c, start=0.0, end=2.0)], tier="tiny"
+        ),
+    }
 
+
+def test_clip_compile_renders_queued_projects(
+    client_env: LiveApi, media_root: Path, videos: dict[str, int]
+) -> None:
+    api = client_env
+    put_tier(api, "small", max_clips=2, max_height=32, monthly_render_seconds=60)
+    a, b, c, swipe = videos["a"], videos["b"], videos["c"], videos["swipe"]
     fancy = create_project(
         api,
         "fancy",
@@ -162,23 +173,12 @@ def test_clip_compile_renders_queued_projects(
         transition_media_id=swipe,
     )  # no fps: the default 24
     plain = create_project(api, "plain", "bob", [ClipIn(media_id=c, start=0.5, end=2.0)], fps=10)
-    missing = create_project(
-        api,
-        "missing",
-        "bob",
-        [ClipIn(media_id=a, start=0.0, end=1.0), ClipIn(media_id=gone, start=0.0, end=0.5)],
-    )
-    over = create_project(
-        api, "over", "carol", [ClipIn(media_id=c, start=0.0, end=2.0)], tier="tiny"
-    )
     output_root = media_root / "compiled"
 
     report = clip_compile()
 
     assert report.status == "completed"
-    assert (report.processed, report.applied, report.failed, report.rejected) == (4, 2, 2, 0)
-    assert len(lose_first_compile_response) == 1  # one answer was lost, and the POST replayed
-
+    assert (report.processed, report.applied, report.failed, report.rejected) == (2, 2, 0, 0)
     # Timelines: intro + clip + transition + clip + outro; the third clip is dropped.
     timelines = {fancy: (0.5 + 1.0 + 0.5 + 0.8 + 0.5, 24.0, 32), plain: (1.5, 10.0, 48)}
     with api_client(api) as client:
@@ -204,22 +204,27 @@ def test_clip_compile_renders_queued_projects(
             assert record.duration == pytest.approx(info.duration)
             poster = media_root / project.thumbnail_uri
             assert poster.parent == output_root and poster.read_bytes()[:2] == b"\xff\xd8"
-
-    # The over-quota project failed before rendering: its reason is on the project, no file.
-    failed = read_project(api, over)
-    assert failed.status is ProjectStatus.FAILED and failed.output_media_id is None
-    assert failed.reason is not None
-    assert "render quota exceeded" in failed.reason and "1.00 s" in failed.reason
-    lost = read_project(api, missing)
-    assert lost.status is ProjectStatus.FAILED and lost.reason is not None
-    assert "clip 2 (media" in lost.reason and "videos/gone.mp4 does not exist" in lost.reason
-    outputs = files_in(output_root)
-    assert len(outputs) == 4  # two videos, two posters: no part files, no failed outputs
-    assert not any(name.startswith((f"project-{over}-", f"project-{missing}-")) for name in outputs)
-
-    # Usage is counted once per project although the first POST was sent twice.
+    assert len(files_in(output_root)) == 4  # two videos, two posters: no part files
     assert usage_rows(api) == {fancy: 1, plain: 1}
     assert remaining_seconds(api, fancy) == pytest.approx(60 - 3.3, abs=1 / 24)
+    assert clip_compile().processed == 0  # nothing is left to do
+
+
+def test_clip_compile_lost_answer_is_replayed_and_usage_counted_once(
+    client_env: LiveApi,
+    videos: dict[str, int],
+    lose_first_compile_response: list[str],
+) -> None:
+    api = client_env
+    plain = create_project(
+        api, "plain", "bob", [ClipIn(media_id=videos["c"], start=0.5, end=2.0)], fps=10
+    )
+
+    report = clip_compile()
+
+    assert (report.processed, report.applied, report.failed) == (1, 1, 0)
+    assert len(lose_first_compile_response) == 1  # one answer was lost, and the POST replayed
+    assert usage_rows(api) == {plain: 1}
     # A later run posting the same result again (another Idempotency-Key) changes nothing.
     with api_client(api) as client:
         project = read_project(api, plain)
@@ -240,20 +245,44 @@ def test_clip_compile_renders_queued_projects(
             ],
         )
     assert (again.applied, again.unchanged) == (0, 1)
-    assert usage_rows(api) == {fancy: 1, plain: 1}
+    assert usage_rows(api) == {plain: 1}
 
+
+def test_clip_compile_failures_carry_their_reason_and_render_nothing(
+    client_env: LiveApi, media_root: Path, failing: dict[str, int]
+) -> None:
+    report = clip_compile()
+
+    assert report.status == "completed"
+    assert (report.processed, report.applied, report.failed, report.rejected) == (2, 0, 2, 0)
+    # The over-quota project failed before rendering: its reason is on the project, no file.
+    over = read_project(client_env, failing["over"])
+    assert over.status is ProjectStatus.FAILED and over.output_media_id is None
+    assert over.reason is not None
+    assert "render quota exceeded" in over.reason and "1.00 s" in over.reason
+    lost = read_project(client_env, failing["missing"])
+    assert lost.status is ProjectStatus.FAILED and lost.reason is not None
+    assert "clip 2 (media" in lost.reason and "videos/gone.mp4 does not exist" in lost.reason
+    assert files_in(media_root / "compiled") == set()  # no part files, no failed outputs
+    assert usage_rows(client_env) == {}
+
+
+def test_clip_compile_only_failed_reprocesses_the_failures(
+    client_env: LiveApi, media_root: Path, failing: dict[str, int]
+) -> None:
+    assert clip_compile().failed == 2
     # Put the missing clip back and reprocess the failures: it compiles, the quota still bites.
     write_video(media_root / "videos/gone.mp4", seconds=1.0)
-    retried = clip_compile(only_failed=True)
-    assert (retried.processed, retried.applied, retried.failed) == (2, 1, 1)
-    assert read_project(api, missing).status is ProjectStatus.COMPILED
-    still = read_project(api, over)
-    assert still.status is ProjectStatus.FAILED and "render quota exceeded" in (still.reason or "")
-    assert usage_rows(api) == {fancy: 1, plain: 1, missing: 1}
 
-    # Nothing is left to do.
-    assert clip_compile().processed == 0
-    assert len(files_in(output_root)) == 6
+    retried = clip_compile(only_failed=True)
+
+    assert (retried.processed, retried.applied, retried.failed) == (2, 1, 1)
+    assert read_project(client_env, failing["missing"]).status is ProjectStatus.COMPILED
+    still = read_project(client_env, failing["over"])
+    assert still.status is ProjectStatus.FAILED and "render quota exceeded" in (still.reason or "")
+    assert usage_rows(client_env) == {failing["missing"]: 1}
+    assert clip_compile().processed == 0  # nothing is left to do
+    assert len(files_in(media_root / "compiled")) == 2
 
 
 def test_clip_compile_bad_projects_fail_with_reasons(

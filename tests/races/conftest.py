@@ -27,21 +27,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from tests.conftest import ROOT, LiveApi
+from tests.helpers import empty_tables
 
 #: Concurrent clients per burst.
 N = 8
-
-#: Every table the API writes, emptied between tests (tokens and the seeded tier stay).
-TABLES = (
-    "render_usage",
-    "clips",
-    "projects",
-    "owners",
-    "audit",
-    "idempotency_keys",
-    "backfill_failures",
-    "media",
-)
 
 
 @pytest.fixture(scope="session")
@@ -190,10 +179,7 @@ class Race:
 @pytest.fixture
 def race(race_api: LiveApi) -> Iterator[Race]:
     r = Race(race_api)
-    with r.engine.begin() as conn:
-        for table in TABLES:
-            conn.execute(text(f"DELETE FROM {table}"))
-        conn.execute(text("DELETE FROM tiers WHERE name <> 'free'"))
+    empty_tables(race_api.database_url, keep_tokens=True)
     try:
         yield r
     finally:

@@ -1,7 +1,7 @@
 """Fixtures for the reliability suite.
 
-A real API process (uvicorn on 127.0.0.1, `tests.conftest.LiveApi`) over the session's
-database, emptied per test: a SQLite file, or PostgreSQL when BACKFILL_TEST_DATABASE_URL
+One real API process for the session (uvicorn on 127.0.0.1, `tests.conftest.LiveApi`) over
+the session's database, emptied per test: a SQLite file, or PostgreSQL when BACKFILL_TEST_DATABASE_URL
 names a server. Prefect's test server (once per session), a media root, the client
 environment pointed at the API, and a plain read-only view of the database, so the tests
 check what was really written rather than what the API says it wrote.
@@ -19,20 +19,32 @@ from tests.flows.conftest import media_root, prefect_api_url  # noqa: F401 - fix
 from tests.reliability.helpers import MAX_RETRIES, Db
 
 
-@pytest.fixture
-def api(database_url: str, clean_db: Tokens, tmp_path: Path) -> Iterator[LiveApi]:
-    """uvicorn in its own process over the session's (emptied) database."""
+@pytest.fixture(scope="session")
+def api_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+    """One uvicorn for the session over the session's database (tokens set per test)."""
     live = LiveApi(
         database_url=database_url,
-        admin_token=clean_db.admin,
-        reader_token=clean_db.reader,
-        log_path=tmp_path / "api.log",
+        admin_token="",
+        reader_token="",
+        log_path=tmp_path_factory.mktemp("reliability-api") / "api.log",
     )
     live.start()
     try:
         yield live
     finally:
         live.stop(kill=True)
+
+
+@pytest.fixture
+def api(api_server: LiveApi, clean_db: Tokens) -> LiveApi:
+    """The session's uvicorn over the emptied database, with this test's tokens; started
+    again first when an earlier test (a crash test, say) left it stopped."""
+    api_server.admin_token = clean_db.admin
+    api_server.reader_token = clean_db.reader
+    if api_server.process is None or api_server.process.poll() is not None:
+        api_server.stop(kill=True)
+        api_server.start()
+    return api_server
 
 
 @pytest.fixture

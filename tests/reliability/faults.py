@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.conftest import LiveApi
+from tests.conftest import LiveApi, server_timeout
 from tests.reliability.helpers import Db
 
 
@@ -56,8 +56,11 @@ class Crash:
         finally:
             self.restarted.set()
 
-    def wait_restarted(self, timeout: float = 60.0) -> None:
+    def wait_restarted(self) -> None:
+        """Wait for the restart: the down time, then `LiveApi.start`'s own deadline
+        (BACKFILL_TEST_SERVER_TIMEOUT) and a little more, so its error is the one seen."""
         assert self.killed, "the API was never killed"
+        timeout = self.down_for + server_timeout() + 30
         assert self.restarted.wait(timeout), "the API did not come back"
         assert not self.errors, self.errors
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
-from api.schemas import MediaIn, MediaType
 from flows.client import BackfillClient
 from tests.conftest import LiveApi
 
@@ -69,23 +67,6 @@ def small_files(root: Path, count: int, *, folder: str = "blobs") -> list[Path]:
         path.write_bytes(os.urandom(0 if i < 3 else 1024 + 12 * sizes[i]))
         paths.append(path)
     return paths
-
-
-def register(
-    api: LiveApi, root: Path, paths: Sequence[Path], media_type: MediaType = "audio"
-) -> dict[str, int]:
-    """Register the files through the API, 1,000 at a time; uri -> record id."""
-    ids: dict[str, int] = {}
-    with admin_client(api) as client:
-        for start in range(0, len(paths), 1000):
-            items = [
-                MediaIn(uri=p.relative_to(root).as_posix(), media_type=media_type)
-                for p in paths[start : start + 1000]
-            ]
-            result = client.register_media(items)
-            assert [i.status for i in result.items] == ["created"] * len(items)
-            ids |= {i.uri: i.id for i in result.items if i.id is not None}
-    return ids
 
 
 def sha256_of(path: Path) -> str:

@@ -20,16 +20,10 @@ from flows.clip_compile import clip_compile
 from flows.engine import BackfillFailed, BackfillReport
 from flows.file_hashing import file_hashing
 from tests.conftest import LiveApi
+from tests.helpers import file_items, register
 from tests.media import write_video
 from tests.reliability.faults import kill_api_on, kill_api_when
-from tests.reliability.helpers import (
-    Db,
-    admin_client,
-    assert_hashed_once,
-    register,
-    sha256_of,
-    small_files,
-)
+from tests.reliability.helpers import Db, admin_client, assert_hashed_once, sha256_of, small_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api_url")]
 
@@ -53,7 +47,7 @@ def test_api_killed_twice_mid_file_hashing_run_writes_every_hash_once(
     flow_env: LiveApi, media_root: Path, db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = small_files(media_root, FILES)
-    register(flow_env, media_root, paths)
+    register(flow_env, file_items(media_root, paths, sizes=False))
     # First crash: whenever 300 records are in, whatever the server is doing right then
     # (most likely in the middle of a batch's transaction), with chunks in flight.
     anytime = kill_api_when(flow_env, db, kind="file-hashing", applied=300)
@@ -100,7 +94,7 @@ def compile_setup(api: LiveApi, root: Path, projects: int) -> dict[int, str]:
         path = root / f"videos/source-{n}.mp4"
         write_video(path, seconds=0.8, freq=300.0 + 100 * n)
         sources.append(path)
-    ids = register(api, root, sources, "video")
+    ids = register(api, file_items(root, sources, "video", sizes=False))
     tier = {"max_clips": 4, "max_height": 48, "monthly_render_seconds": 60}
     response = httpx.put(  # the client has no call for tiers: operators set them
         f"{api.url}/api/v1/tiers/reliable",

@@ -25,7 +25,8 @@ from flows.file_hashing import file_hashing
 from flows.version_migration import version_migration
 from tests.conftest import LiveApi
 from tests.flows.conftest import write_wav
-from tests.reliability.helpers import Db, admin_client, register, sha256_of, small_files
+from tests.helpers import file_items, register
+from tests.reliability.helpers import Db, admin_client, sha256_of, small_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api_url")]
 
@@ -79,7 +80,7 @@ def test_two_hashing_runs_and_an_editor_lose_nothing_and_write_once(
     flow_env: LiveApi, media_root: Path, db: Db
 ) -> None:
     paths = small_files(media_root, 1500)
-    ids = register(flow_env, media_root, paths)
+    ids = register(flow_env, file_items(media_root, paths, sizes=False))
     by_id = {rid: media_root / uri for uri, rid in ids.items()}
     edits = Edits()
 

@@ -19,9 +19,10 @@ import pytest
 
 from flows.file_hashing import file_hashing
 from tests.conftest import ROOT, LiveApi
-from tests.reliability.helpers import MAX_RETRIES, Db, assert_hashed_once, register, small_files
+from tests.helpers import file_items, register
+from tests.reliability.helpers import MAX_RETRIES, Db, assert_hashed_once, small_files
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a worker process killed mid-run
 
 FILES = 3000
 BATCH = 20
@@ -47,7 +48,7 @@ def test_worker_killed_mid_run_a_new_run_finishes_without_double_writes(
     flow_env: LiveApi, media_root: Path, db: Db, prefect_api_url: str, tmp_path: Path
 ) -> None:
     paths = small_files(media_root, FILES)
-    register(flow_env, media_root, paths)
+    register(flow_env, file_items(media_root, paths, sizes=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BACKFILL_"))}
     env |= {
         "BACKFILL_API_URL": flow_env.url,
