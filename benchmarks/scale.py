@@ -10,7 +10,8 @@ them still to do for each media kind (and 1 % legacy for version-0), then ANALYZ
 uvicorn serves it and an httpx client times, as a flow sees them:
 
   page      GET /backfills/media-duration/pending?limit=100 (first page), and 50 from the middle
-  write     POST /backfills/media-duration, 1,000 records given a new duration (all applied)
+  write     POST /backfills/media-duration, 1,000 records given a new duration (all applied):
+            every 10th record of 10,000 (the whole table at 10k, the middle at 1M)
   coverage  GET /backfills
   status    the `backfill status` command, wall time of the whole process
 
@@ -125,9 +126,12 @@ def measure(url: str, n: int, tmp: Path, runs: int) -> dict[str, float]:
                 r.raise_for_status()
                 assert len(r.json()["items"]) == 50
 
-            done_ids = [i for i in range(1, n + 1) if i % 100 not in (0, 50)]
-            step = max(1, len(done_ids) // 1000)
-            batch = done_ids[::step][:1000]
+            # 1,000 done records, every 10th of a window of 10,000 (the whole table at 10k): the
+            # same pages touched at every size, so only the size of the table differs. Spread
+            # over the whole table instead, a batch dirties a page per record at 1M.
+            first = 1 if n <= 10_000 else n // 2 + 1
+            batch = list(range(first, first + 10_000, 10))
+            assert all(i % 100 not in (0, 50) for i in batch) and batch[-1] <= n
 
             def write(k: int) -> None:
                 items = [{"record_id": r, "duration": 3.0 + k} for r in batch]
