@@ -6,7 +6,17 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 #: 64-bit ids on PostgreSQL; SQLite needs INTEGER for its rowid primary key.
@@ -40,10 +50,45 @@ def _fk(target: str, *, nullable: bool = True, ondelete: str | None = None) -> A
     )
 
 
+#: The rows each media kind still has to do (`api.services.kinds` renders the same predicates
+#: with literal values, so the planner of either database matches the partial index), per
+#: dialect: SQLite before 3.39 does not parse IS DISTINCT FROM, its `IS NOT` is the same.
+#: Migration 0002 creates these indexes and the `media_counts` triggers from the same text.
+TODO_WHERE: dict[str, dict[str, str]] = {
+    "media-duration": {"any": "schema_version >= 1 AND duration IS NULL"},
+    "file-hashing": {
+        "sqlite": "schema_version >= 1 AND (hash IS NULL OR hash_algorithm IS NOT 'sha256')",
+        "postgresql": (
+            "schema_version >= 1 AND (hash IS NULL OR hash_algorithm IS DISTINCT FROM 'sha256')"
+        ),
+    },
+    "snr-frequency": {"any": "schema_version >= 1 AND (snr IS NULL OR frequency IS NULL)"},
+    "version-0": {"any": "schema_version = 0"},
+}
+
+
+def todo_where(kind: str, dialect: str) -> str:
+    """The kind's pending predicate as SQL text for this dialect."""
+    variants = TODO_WHERE[kind]
+    return variants.get(dialect, variants.get("any", ""))
+
+
+def _todo_index(kind: str) -> Index:
+    return Index(
+        f"ix_media_todo_{kind.replace('-', '_')}",
+        "id",
+        sqlite_where=text(todo_where(kind, "sqlite")),
+        postgresql_where=text(todo_where(kind, "postgresql")),
+    )
+
+
 class Media(SQLModel, table=True):
     """A file of the corpus and its derived fields."""
 
     __tablename__ = "media"
+    #: One partial index per media kind over the rows it still has to do, in id order: a page
+    #: of pending work reads only those, however many are done.
+    __table_args__ = tuple(_todo_index(kind) for kind in TODO_WHERE)
 
     id: int | None = _pk()
     uri: str = Field(sa_column=Column(Text, nullable=False))
@@ -62,6 +107,23 @@ class Media(SQLModel, table=True):
     revision: int = Field(default=1, sa_type=BigInteger)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class MediaCounts(SQLModel, table=True):
+    """Media coverage counters, kept by triggers on `media` in the writing transaction
+    (migration 0002): coverage is the SUM of the rows. SQLite keeps one row (row triggers);
+    PostgreSQL adds one delta row per statement (no hot row to wait on) and coverage folds them
+    into one now and then (`api.services.work.fold_counts`)."""
+
+    __tablename__ = "media_counts"
+
+    id: int | None = _pk()
+    records: int = Field(default=0, sa_type=BigInteger)
+    current_records: int = Field(default=0, sa_type=BigInteger)
+    legacy_records: int = Field(default=0, sa_type=BigInteger)
+    duration_todo: int = Field(default=0, sa_type=BigInteger)
+    hash_todo: int = Field(default=0, sa_type=BigInteger)
+    snr_todo: int = Field(default=0, sa_type=BigInteger)
 
 
 class BackfillFailure(SQLModel, table=True):

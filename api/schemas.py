@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -101,10 +100,10 @@ def _relative_uri(uri: str) -> str:
         return uri
     if "\x00" in uri or "\\" in uri:
         raise ValueError("uri must be a POSIX path without NUL or backslash")
-    path = PurePosixPath(uri)
-    if path.is_absolute():
+    if uri.startswith("/"):
         raise ValueError("uri must be relative to the media root (or an http(s) URL)")
-    if any(part in ("..", ".") for part in uri.split("/")) or "" in uri.split("/"):
+    parts = uri.split("/")
+    if "" in parts or "." in parts or ".." in parts:
         raise ValueError("uri must be a normalised relative path: no '.', '..' or empty parts")
     return uri
 

@@ -367,5 +367,86 @@ def register(
     console.print(table)
 
 
+# --- media import --------------------------------------------------------------------------
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+@media_app.command("import")
+def import_(
+    source: Annotated[str, typer.Argument(metavar="FILE", help="NDJSON file, or - for stdin.")],
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_BATCH_ITEMS, help="Records per POST.")
+    ] = MAX_BATCH_ITEMS,
+) -> None:
+    """Register the records of an NDJSON file (one MediaIn object a line) through the API.
+
+    Idempotent: a uri already known is counted as already there, never registered twice.
+    A malformed line is reported with its number and the rest is imported (exit code 1)."""
+    import sys
+    import time
+
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+    from ops.importer import ImportReport, import_media
+
+    with cli_errors():
+        settings = load_settings()
+        if source == "-":
+            stream: typing.IO[bytes] = sys.stdin.buffer
+            total = None
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"{source} is not a file")
+            total = _count_lines(path)
+            stream = path.open("rb")
+        started = time.monotonic()
+        with (
+            stream,
+            _client(settings) as client,
+            Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>8,.0f} records/s"),
+                TimeElapsedColumn(),
+                console=errors,
+            ) as bar,
+        ):
+            task_id = bar.add_task("import", total=total, rate=0.0)
+
+            def progress(report: ImportReport) -> None:
+                done = report.created + report.existing + report.rejected
+                rate = done / max(time.monotonic() - started, 1e-9)
+                bar.update(task_id, completed=done + len(report.bad_lines), rate=rate)
+
+            report = import_media(client, stream, batch_size=batch_size, progress=progress)
+    elapsed = time.monotonic() - started
+    problems = [f"line {b.line}: {b.reason}" for b in report.bad_lines]
+    problems += [f"rejected {r}" for r in report.rejections]
+    for line in problems[:20]:
+        errors.print(f"[yellow]{line}[/yellow]", markup=True, highlight=False, soft_wrap=True)
+    if len(problems) > 20:
+        errors.print(f"[yellow]... and {len(problems) - 20} more[/yellow]", markup=True)
+    table = Table(title=f"imported {source}", show_header=False)
+    rows = {
+        "records": report.sent,
+        "created": report.created,
+        "already there": report.existing,
+        "rejected": report.rejected,
+        "malformed lines": len(report.bad_lines),
+    }
+    for name, value in rows.items():
+        table.add_row(name, str(value))
+    table.add_row("records/s", f"{report.sent / max(elapsed, 1e-9):,.0f}")
+    console.print(table)
+    if report.bad_lines or report.rejected:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover - the console script calls `app`
     app(prog_name="backfill")

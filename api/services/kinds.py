@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, and_, or_, true
+from sqlalchemy import ColumnElement, and_, literal_column, or_, true
 
 from api.models import Media, Project, utcnow
 from api.schemas import (
@@ -66,11 +66,27 @@ class KindSpec:
     filters: frozenset[str] = field(default_factory=lambda: frozenset({"media_type"}))
     #: Columns `/pending` sends besides id and revision.
     details: tuple[str, ...] = MEDIA_DETAILS
+    #: Coverage from the `media_counts` counters instead of a scan: the counter of the rows in
+    #: scope and the counter of those to do (default algorithm, as `/pending`).
+    counted: tuple[str, str] | None = None
+
+
+# Literal values, not bind parameters, in every pending predicate: the planner matches a
+# partial index (`api.models.TODO_WHERE`) only against values it can see when it plans.
 
 
 def _current() -> ColumnElement[bool]:
-    current: ColumnElement[bool] = MEDIA.c.schema_version >= 1
+    current: ColumnElement[bool] = MEDIA.c.schema_version >= literal_column("1")
     return current
+
+
+def _hash_todo(algorithm: HashAlgorithm, _lease: float) -> ColumnElement[bool]:
+    """No hash yet, or one made with another algorithm than the one wanted (to redo)."""
+    # An enum value (letters and digits): nothing to quote.
+    wanted: ColumnElement[str] = literal_column(f"'{HashAlgorithm(algorithm).value}'")
+    return and_(
+        _current(), or_(MEDIA.c.hash.is_(None), MEDIA.c.hash_algorithm.is_distinct_from(wanted))
+    )
 
 
 def _not_done(todo: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -86,6 +102,7 @@ def _media_kind(
     apply: Callable[..., BatchResult],
     todo: Todo,
     *,
+    counted: tuple[str, str],
     scope: ColumnElement[bool] | None = None,
     filters: frozenset[str] = frozenset({"media_type"}),
 ) -> KindSpec:
@@ -100,6 +117,7 @@ def _media_kind(
         done=_not_done,
         failed=_ledger_failed,
         filters=filters,
+        counted=counted,
     )
 
 
@@ -121,15 +139,13 @@ KINDS: dict[BackfillKind, KindSpec] = {
         DurationResult,
         apply_durations,
         lambda _alg, _lease: and_(_current(), MEDIA.c.duration.is_(None)),
+        counted=("current_records", "duration_todo"),
     ),
     BackfillKind.FILE_HASHING: _media_kind(
         HashResult,
         apply_hashes,
-        # A hash made with another algorithm than the one wanted is to be redone.
-        lambda algorithm, _lease: and_(
-            _current(),
-            or_(MEDIA.c.hash.is_(None), MEDIA.c.hash_algorithm.is_distinct_from(algorithm.value)),
-        ),
+        _hash_todo,
+        counted=("current_records", "hash_todo"),
         filters=frozenset({"media_type", "algorithm"}),
     ),
     BackfillKind.SNR_FREQUENCY: _media_kind(
@@ -138,12 +154,14 @@ KINDS: dict[BackfillKind, KindSpec] = {
         lambda _alg, _lease: and_(
             _current(), or_(MEDIA.c.snr.is_(None), MEDIA.c.frequency.is_(None))
         ),
+        counted=("current_records", "snr_todo"),
     ),
     # Legacy records: every record is in scope, the schema_version 0 ones are to do.
     BackfillKind.VERSION_0: _media_kind(
         Version0Result,
         apply_version0,
-        lambda _alg, _lease: MEDIA.c.schema_version == 0,
+        lambda _alg, _lease: MEDIA.c.schema_version == literal_column("0"),
+        counted=("records", "legacy_records"),
         scope=true(),
     ),
     BackfillKind.CLIP_COMPILE: KindSpec(

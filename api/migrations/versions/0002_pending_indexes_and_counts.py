@@ -1,0 +1,181 @@
+"""partial indexes of pending work per kind; media coverage counters kept by triggers
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-29
+
+Frozen SQL: the predicates are copied here (not imported), as a migration must not change
+when the code does. They equal `api.models.TODO_WHERE`; a test checks it.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+CURRENT = "schema_version >= 1"
+TODO = {
+    "media_duration": {"any": f"{CURRENT} AND duration IS NULL"},
+    "file_hashing": {
+        "sqlite": f"{CURRENT} AND (hash IS NULL OR hash_algorithm IS NOT 'sha256')",
+        "postgresql": f"{CURRENT} AND (hash IS NULL OR hash_algorithm IS DISTINCT FROM 'sha256')",
+    },
+    "snr_frequency": {"any": f"{CURRENT} AND (snr IS NULL OR frequency IS NULL)"},
+    "version_0": {"any": "schema_version = 0"},
+}
+
+
+def todo(kind: str, dialect: str) -> str:
+    return TODO[kind].get(dialect, TODO[kind].get("any", ""))
+
+
+def counters(dialect: str) -> dict[str, str]:
+    """Each counter column and the predicate of the rows it counts."""
+    return {
+        "records": "TRUE" if dialect == "postgresql" else "1",
+        "current_records": CURRENT,
+        "legacy_records": "schema_version = 0",
+        "duration_todo": todo("media_duration", dialect),
+        "hash_todo": todo("file_hashing", dialect),
+        "snr_todo": todo("snr_frequency", dialect),
+    }
+
+
+def _of(predicate: str, row: str) -> str:
+    """`predicate` over the columns of `row` (NEW or OLD), as 0 or 1."""
+    for column in ("schema_version", "duration", "hash_algorithm", "hash", "snr", "frequency"):
+        predicate = predicate.replace(f"{column} ", f"{row}.{column} ")
+    return f"(CASE WHEN {predicate} THEN 1 ELSE 0 END)"
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    dialect = bind.dialect.name
+    big = sa.BigInteger()
+    op.create_table(
+        "media_counts",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        *(sa.Column(name, big, nullable=False) for name in counters(dialect)),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    for kind in TODO:
+        op.create_index(
+            f"ix_media_todo_{kind}",
+            "media",
+            ["id"],
+            sqlite_where=sa.text(todo(kind, "sqlite")),
+            postgresql_where=sa.text(todo(kind, "postgresql")),
+        )
+    names = list(counters(dialect))
+    columns = ", ".join(names)
+    sums = ", ".join(
+        f"COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0)" for p in counters(dialect).values()
+    )
+    if dialect == "postgresql":  # the id from its sequence, as the trigger rows' will be
+        op.execute(f"INSERT INTO media_counts ({columns}) SELECT {sums} FROM media")
+    else:  # the one row the triggers update
+        op.execute(f"INSERT INTO media_counts (id, {columns}) SELECT 1, {sums} FROM media")
+    if dialect == "postgresql":
+        _postgresql_triggers(names)
+    else:
+        _sqlite_triggers(names)
+
+
+def _sqlite_triggers(names: list[str]) -> None:
+    """Row triggers on the one counter row: SQLite has one writer at a time, so no waiting."""
+    predicates = counters("sqlite")
+
+    def setting(*signed: tuple[str, str]) -> str:
+        parts = []
+        for name in names:
+            delta = " ".join(f"{sign} {_of(predicates[name], row)}" for sign, row in signed)
+            parts.append(f"{name} = {name} {delta}")
+        return ", ".join(parts)
+
+    statements = {
+        "insert": ("AFTER INSERT ON media", setting(("+", "NEW"))),
+        "delete": ("AFTER DELETE ON media", setting(("-", "OLD"))),
+        "update": (
+            "AFTER UPDATE OF schema_version, duration, hash, hash_algorithm, snr, frequency "
+            "ON media",
+            setting(("+", "NEW"), ("-", "OLD")),
+        ),
+    }
+    for event, (when, assignments) in statements.items():
+        op.execute(
+            f"CREATE TRIGGER media_counts_{event} {when} FOR EACH ROW BEGIN "
+            f"UPDATE media_counts SET {assignments} WHERE id = 1; END"
+        )
+
+
+def _postgresql_triggers(names: list[str]) -> None:
+    """Statement triggers over the transition tables, each adding one delta row: concurrent
+    writers never wait on a counter row (a hot row would also order their locks)."""
+    predicates = counters("postgresql")
+    columns = ", ".join(names)
+
+    agg = ", ".join(f"COUNT(*) FILTER (WHERE {predicates[n]})" for n in names)
+    new = f"SELECT {agg} FROM new_rows"
+    old = f"SELECT {agg} FROM old_rows"
+    bodies = {
+        "insert": f"INSERT INTO media_counts ({columns}) {new}",
+        "delete": (
+            f"INSERT INTO media_counts ({columns}) SELECT "
+            + ", ".join(f"-d.{n}" for n in names)
+            + f" FROM ({old}) AS d({columns})"
+        ),
+        "update": (
+            f"INSERT INTO media_counts ({columns}) SELECT "
+            + ", ".join(f"n.{n} - o.{n}" for n in names)
+            + f" FROM ({new}) AS n({columns}), ({old}) AS o({columns}) WHERE "
+            + " OR ".join(f"n.{n} <> o.{n}" for n in names)
+        ),
+    }
+    transition = {
+        "insert": "REFERENCING NEW TABLE AS new_rows",
+        "delete": "REFERENCING OLD TABLE AS old_rows",
+        "update": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+    }
+    for event, body in bodies.items():
+        op.execute(
+            f"CREATE FUNCTION media_counts_{event}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN {body}; RETURN NULL; END $$"
+        )
+        op.execute(
+            f"CREATE TRIGGER media_counts_{event} AFTER {event.upper()} ON media "
+            f"{transition[event]} FOR EACH STATEMENT EXECUTE FUNCTION media_counts_{event}()"
+        )
+    # TRUNCATE has no transition table: the counts start again from zero.
+    zeros = ", ".join("0" for _ in names)
+    op.execute(
+        "CREATE FUNCTION media_counts_truncate() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        f"BEGIN DELETE FROM media_counts; INSERT INTO media_counts ({columns}) VALUES ({zeros}); "
+        "RETURN NULL; END $$"
+    )
+    op.execute(
+        "CREATE TRIGGER media_counts_truncate AFTER TRUNCATE ON media "
+        "FOR EACH STATEMENT EXECUTE FUNCTION media_counts_truncate()"
+    )
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for event in ("insert", "delete", "update", "truncate"):
+            op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event} ON media")
+            op.execute(f"DROP FUNCTION IF EXISTS media_counts_{event}()")
+    else:
+        for event in ("insert", "delete", "update"):
+            op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event}")
+    for kind in TODO:
+        op.drop_index(f"ix_media_todo_{kind}", table_name="media")
+    op.drop_table("media_counts")
