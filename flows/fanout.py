@@ -25,6 +25,9 @@ are; a Failed, Crashed or Cancelled child is set to Scheduled ("AwaitingRetry", 
 Retry does) and a worker runs it again; a child still running is waited for. So only the
 shards that did not complete run again, and done records are not pending anyway.
 
+Served deployments (`python -m deployments.serve`, no work pool) have their twins served
+beside them, so a fanned-out run's children run there too (on that one machine).
+
 A parent that is not a deployment run (a flow called in-process, `backfill run ... --shards`)
 fans out on `<kind>/nightly`'s twin: the children need a deployment on a pool either way, and
 the nightly one is the deployment every installation has.
@@ -260,15 +263,18 @@ def _shards_deployment(client: SyncPrefectClient, kind: BackfillKind) -> tuple[U
             f"shards needs a deployment on a work pool: run it as a deployment run, or deploy "
             f"{kind.value}/{DEFAULT_DEPLOYMENT} (`prefect deploy --all`)"
         ) from None
-    if template.work_pool_name is None:
-        raise ConfigError(
-            f"shards needs a deployment on a work pool; {kind.value}/{template.name} has "
-            "none (a served deployment): deploy with `prefect deploy --all`"
-        )
     flow_name = client.read_flow(template.flow_id).name
     if template.name.endswith(SHARDS_SUFFIX):  # a run of the twin itself fans out on it
         return template.id, f"{flow_name}/{template.name}"
     name = template.name + SHARDS_SUFFIX
+    if template.work_pool_name is None:  # served: `deployments.serve` serves the twin
+        try:
+            return client.read_deployment_by_name(f"{flow_name}/{name}").id, f"{flow_name}/{name}"
+        except ObjectNotFound:
+            raise ConfigError(
+                f"shards needs {flow_name}/{name} for its shard runs: deploy on a work pool "
+                "(`prefect deploy --all`) or serve with `python -m deployments.serve`"
+            ) from None
     twin = client.create_deployment(  # an upsert: the same (flow, name) is updated in place
         flow_id=template.flow_id,
         name=name,
