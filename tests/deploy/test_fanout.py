@@ -185,7 +185,9 @@ def second_worker(
         BACKFILL_API_TOKEN=deploy_api.api.admin_token,
         BACKFILL_MEDIA_ROOT=str(deploy_api.media_root),
         BACKFILL_MAX_RETRIES="2",
-        PREFECT_WORKER_QUERY_SECONDS="1",
+        # Polls less often than the first worker: each poll is a write to the Prefect
+        # server's SQLite file, which two workers at 1 s kept locked on a busy machine.
+        PREFECT_WORKER_QUERY_SECONDS="3",
         PREFECT_WORKER_PREFETCH_SECONDS="5",
     )
     with log_path.open("ab") as log:
