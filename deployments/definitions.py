@@ -118,6 +118,22 @@ class DeploymentSpec(_Strict):
         deployment.entrypoint = self.entrypoint
         return deployment
 
+    def to_shards_deployment(self) -> RunnerDeployment:
+        """The twin `serve` registers beside this entry for the shard runs of a run with
+        `shards` > 1 (see flows.fanout): no schedule, no concurrency limit. (With a work pool
+        the fanned-out run writes this twin itself, from its own deployment.)"""
+        from flows.fanout import SHARDS_SUFFIX
+
+        built = self.load_flow().to_deployment(
+            name=self.name + SHARDS_SUFFIX,
+            description=f"Shard runs of {self.name} (runs with shards > 1 start them).",
+            tags=[t for t in self.tags if t != "nightly"] + ["shards"],
+            parameters=dict(self.parameters),
+        )
+        deployment = cast("RunnerDeployment", built)
+        deployment.entrypoint = self.entrypoint
+        return deployment
+
 
 class ProjectFile(BaseModel):
     """`prefect.yaml`: only `deployments` matters here (build, pull, definitions... do not)."""

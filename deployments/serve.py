@@ -5,8 +5,9 @@
 
 The deployments are built from `prefect.yaml` itself (see `deployments.definitions`):
 same names, entrypoints, schedules, parameters, tags, descriptions and concurrency limits
-as `prefect deploy --all`, only no work pool. Each run executes in a subprocess of this
-one; stop it with Ctrl-C (Prefect then pauses the schedules it served).
+as `prefect deploy --all`, only no work pool; and beside each, its `-shards` twin for the
+shard runs of a run with `shards` > 1 (`flows.fanout`). Each run executes in a subprocess of
+this one; stop it with Ctrl-C (Prefect then pauses the schedules it served).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def main(
             console.print(_table(specs, [flow.name for flow in flows]))
             return
         deployments = [spec.to_deployment() for spec in specs]
+        deployments += [spec.to_shards_deployment() for spec in specs]  # for `shards`
     except DefinitionError as exc:
         raise _fail(str(exc)) from None
     # Before Prefect's runner starts: it has nobody to send telemetry to.

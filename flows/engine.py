@@ -144,11 +144,44 @@ class BackfillReport(BaseModel):
             {"metric": "failed", "value": self.failed},
             {"metric": "records/s", "value": round(self.records_per_second, 1)},
             {"metric": "seconds", "value": round(self.seconds, 2)},
+            {"metric": "chunks", "value": self.chunks},
+            {"metric": "failed chunks", "value": self.failed_chunks},
         ]
         if self.reason:
             rows.append({"metric": "reason", "value": self.reason})
         rows += [{"metric": f"error x{e.count}", "value": e.error} for e in self.top_errors]
         return rows
+
+    @classmethod
+    def from_table(
+        cls, kind: BackfillKind, rows: list[dict[str, Any]], flow_run_id: str | None = None
+    ) -> BackfillReport:
+        """The report back from its `table()` (a shard run's summary artifact, read by the
+        run that fanned it out: the artifact is what every machine can read)."""
+        values = {row["metric"]: row["value"] for row in rows}
+        status = str(values["status"])
+        errors = [
+            ErrorCount(error=str(value), count=int(metric.removeprefix("error x")))
+            for metric, value in values.items()
+            if metric.startswith("error x")
+        ]
+        return cls(
+            kind=kind,
+            status="completed" if status.startswith("completed") else "failed",
+            reason=values.get("reason"),
+            dry_run=status.endswith("(dry run)"),
+            flow_run_id=flow_run_id,
+            processed=values["processed"],
+            applied=values.get("applied", values.get("would apply", 0)),
+            unchanged=values["unchanged"],
+            rejected=values["rejected"],
+            failed=values["failed"],
+            chunks=values.get("chunks", 0),
+            failed_chunks=values.get("failed chunks", 0),
+            top_errors=errors,
+            seconds=values["seconds"],
+            records_per_second=values["records/s"],
+        )
 
 
 class BackfillFailed(Exception):
@@ -229,6 +262,10 @@ def backfill_flow(
 
         def run(*args: Any, **kwargs: Any) -> BackfillReport:
             params = params_model(**signature.bind(*args, **kwargs).arguments)
+            if params.shards > 1:  # this run only starts, watches and sums its shard runs
+                from flows.fanout import fan_out
+
+                return finish(fan_out, kind, params)
             return finish(body, params)
 
         # Not functools.wraps: Prefect would read the body's one `params` argument through

@@ -45,6 +45,9 @@ Limit = Annotated[int | None, Field(ge=1)]
 MAX_SHARDS = 10_000
 ShardIndex = Annotated[int, Field(ge=0, le=MAX_SHARDS)]
 ShardCount = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
+#: Most shard child runs one run may fan out into (each is a flow run on the work pool).
+MAX_FAN_OUT = 256
+Shards = Annotated[int, Field(ge=1, le=MAX_FAN_OUT)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 Concurrency = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
 
@@ -83,6 +86,11 @@ class BackfillParams(BaseModel):
     shard_count: ShardCount = Field(
         1, description="Split the backfill across this many runs; 1 for no sharding."
     )
+    shards: Shards = Field(
+        1,
+        description="Fan this run out into this many shard runs of its deployment, taken by "
+        "any worker of the pool; 1 to run here (see docs/operations.md).",
+    )
     max_failure_ratio: Ratio = Field(
         0.1, description="End Failed when more than this share of records fail (0 to 1)."
     )
@@ -94,6 +102,10 @@ class BackfillParams(BaseModel):
     def _check_shard(self) -> BackfillParams:
         if self.shard_index >= self.shard_count:
             raise ValueError("shard_index must be less than shard_count")
+        if self.shards > 1 and self.shard_count > 1:
+            raise ValueError("shards fans a whole run out: leave shard_count at 1 with it")
+        if self.shards > 1 and self.limit is not None and self.limit < self.shards:
+            raise ValueError("limit must be at least shards (each shard takes a share of it)")
         return self
 
     def pending_options(self) -> dict[str, str]:

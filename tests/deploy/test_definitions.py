@@ -46,6 +46,7 @@ def test_prefect_yaml_has_one_nightly_deployment_per_flow() -> None:
         assert spec.tags == ("corpus-backfills", "nightly")
         assert spec.description
         assert spec.parameters["dry_run"] is False
+        assert spec.parameters["shards"] == 1  # raise it to fan nightly runs out (fanout)
         (schedule,) = spec.schedules
         assert schedule.timezone == "UTC" and schedule.active
         _, hour, *every_day = schedule.cron.split()
@@ -111,6 +112,20 @@ def test_serve_builds_what_prefect_deploy_builds() -> None:
     assert actions["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PWD }}"}}
     ]
+
+
+def test_serve_builds_a_shards_twin_beside_each_deployment() -> None:
+    for spec in present(load_definitions()):
+        twin = spec.to_shards_deployment()
+        assert twin.name == f"{spec.name}-shards"
+        assert twin.entrypoint == spec.entrypoint
+        assert twin.parameters == spec.parameters
+        # The shard runs of a fanned-out run: never scheduled, never behind the parent's
+        # one-at-a-time limit (which the parent holds while it waits for them).
+        assert not twin.schedules
+        assert twin.concurrency_limit is None
+        assert twin.tags == ["corpus-backfills", "shards"]
+        assert twin.enforce_parameter_schema
 
 
 def test_every_deployment_key_is_understood(tmp_path: Path) -> None:
