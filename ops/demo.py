@@ -87,35 +87,17 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@dataclass
 class Layout:
     """Where the demo keeps things under its working folder."""
 
-    root: Path
-
-    @property
-    def media(self) -> Path:
-        return self.root / "media"
-
-    @property
-    def compiled(self) -> Path:
-        return self.media / "compiled"
-
-    @property
-    def database(self) -> Path:
-        return self.root / "api.db"
-
-    @property
-    def prefect_home(self) -> Path:
-        return self.root / "prefect"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def api_pid(self) -> Path:
-        return self.root / "api.pid"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.media = root / "media"
+        self.compiled = self.media / "compiled"
+        self.database = root / "api.db"
+        self.prefect_home = root / "prefect"
+        self.logs = root / "logs"
+        self.api_pid = root / "api.pid"
 
     def fresh_start(self) -> None:
         """A new API database and no compiled videos; the corpus and Prefect's history stay

@@ -377,23 +377,28 @@ class LiveApi:
         self.start()
 
 
+def migrated_live_api(folder: Path, db_name: str, admin: str = "admin") -> LiveApi:
+    """A `LiveApi`, not started, over a new migrated SQLite file `db_name` in `folder`, with
+    an admin token named `admin` and a reader token; it logs to folder/api.log."""
+    from api.migrate import upgrade
+    from api.services.tokens import create_token
+
+    url = f"sqlite:///{folder / db_name}"
+    upgrade(url)
+    admin_token, reader_token = (
+        create_token(name=name, role=role, database_url=url)
+        for name, role in ((admin, "admin"), ("reader", "reader"))
+    )
+    return LiveApi(url, admin_token, reader_token, log_path=folder / "api.log")
+
+
 @pytest.fixture
 def live_api(tmp_path: Path) -> Iterator[LiveApi]:
     """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn.
 
     One per test, not per session: a flow run some test leaves behind in a thread must not
     write into the next test's database (seen with a shared server under xdist)."""
-    from api.migrate import upgrade
-    from api.services.tokens import create_token
-
-    url = f"sqlite:///{tmp_path / 'live.db'}"
-    upgrade(url)
-    api = LiveApi(
-        database_url=url,
-        admin_token=create_token(name="admin", role="admin", database_url=url),
-        reader_token=create_token(name="reader", role="reader", database_url=url),
-        log_path=tmp_path / "api.log",
-    )
+    api = migrated_live_api(tmp_path, "live.db")
     api.start()
     try:
         yield api
