@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import bindparam, insert, text
 
+from api.cli import uvicorn_command
 from api.core.db import make_engine
 from api.migrate import upgrade
 from api.models import Media, uri_key, utcnow
@@ -64,19 +64,7 @@ def seed(url: str, n: int) -> list[int]:
 def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = os.environ | {"BACKFILL_DATABASE_URL": url}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command(port, "--no-access-log", "--log-level", "warning"),
         cwd=ROOT,
         env=env,
         stdout=log.open("ab"),

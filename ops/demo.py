@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from api.cli import uvicorn_command
 from api.schemas import BackfillKind
 from flows.client import APIError
 from flows.settings import ConfigError, prefect_startup_timeout
@@ -216,33 +217,17 @@ def _prefect_server(layout: Layout) -> Server:
         "on",
     ]
     layout.prefect_home.mkdir(parents=True, exist_ok=True)
-    return Server(
-        name="Prefect server",
-        command=command,
-        env=env,
-        port=port,
-        health_path="/api/health",
-        log_path=layout.logs / "prefect-server.log",
-        cwd=layout.root,
-    )
+    log = layout.logs / "prefect-server.log"
+    return Server("Prefect server", command, env, port, "/api/health", log, cwd=layout.root)
 
 
 def _api_server(layout: Layout, database_url: str, *, detach: bool) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKFILL_")}
     env["BACKFILL_DATABASE_URL"] = database_url
     port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "api.main:app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    return Server(
-        name="API",
-        command=command,
-        env=env,
-        port=port,
-        health_path="/api/v1/health",
-        log_path=layout.logs / "api.log",
-        cwd=layout.root,
-        detach=detach,
-    )
+    command = uvicorn_command(port, "--no-access-log")
+    log = layout.logs / "api.log"
+    return Server("API", command, env, port, "/api/v1/health", log, layout.root, detach)
 
 
 def _timed(label: str, work: Callable[[], T], detail: Callable[[T], str]) -> T:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.cli import uvicorn_command
 from tests.helpers import TABLES, empty_tables
 
 __all__ = ["TABLES"]  # re-exported: tests/api reads it from here
@@ -340,17 +341,7 @@ class LiveApi:
         with open(self.log_path or os.devnull, "ab") as log:
             self.process = spawn(
                 f"uvicorn api.main:app on port {self.port}",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "api.main:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--no-access-log",
-                ],
+                uvicorn_command(self.port, "--no-access-log"),
                 cwd=ROOT,
                 env=env,
                 stdout=log,
