@@ -54,6 +54,15 @@ def serve(
     )
 
 
+def uvicorn_command(port: int, *options: str) -> list[str]:
+    """The command that serves the app by uvicorn on 127.0.0.1:`port` in a child process (as
+    the demo, the benchmarks and the tests start it); `serve` runs it in-process instead."""
+    import sys
+
+    app = [sys.executable, "-m", "uvicorn", "api.main:app"]
+    return [*app, "--host", "127.0.0.1", "--port", str(port), *options]
+
+
 def _migrate(url: str) -> str:
     """Upgrade the schema at `url`; returns what was done, in a few words."""
     from sqlalchemy.exc import SQLAlchemyError

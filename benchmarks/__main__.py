@@ -146,36 +146,53 @@ class Suite:
         row.notes = f"{origin}; "
         yield row, url
 
-    def a(self) -> Iterator[Row]:
-        n = self.sizes.api_rows
-        for row, url in self.databases("a", "rows/s"):
-            row.target = "API >= 0.5x direct"
+    def api_vs(
+        self,
+        key: str,
+        baseline: str,
+        ratio: float,
+        measure: Callable[[str | None, int], dict[str, float]],
+        rows: int,
+        notes: Callable[[dict[str, float]], str],
+    ) -> Iterator[Row]:
+        """Rows a and c: the API path against `baseline` (a figure of `measure(url, rows)`)
+        on each database; met when the ratio is at least `ratio`."""
+        for row, url in self.databases(key, "rows/s"):
+            row.target = f"API >= {ratio:g}x {baseline}"
             if row.met != "skipped":
-                f = api_apply.measure(url, n)
-                row.figure, row.baseline = f["api_rows_per_s"], f["direct_rows_per_s"]
-                row.ratio, row.met, row.details = f["ratio"], met(f["ratio"] >= 0.5), f
-                row.notes += f"{n:,} duration updates, batches of 1,000; direct = executemany"
+                f = measure(url, rows)
+                row.figure, row.baseline = f["api_rows_per_s"], f[f"{baseline}_rows_per_s"]
+                row.ratio, row.met, row.details = f["ratio"], met(f["ratio"] >= ratio), f
+                row.notes += notes(f)
                 self.log(
                     f"{row.name}: {fmt(row.figure, 'rows/s')} vs {fmt(row.baseline, 'rows/s')}"
                 )
             yield row
 
+    def a(self) -> Iterator[Row]:
+        n = self.sizes.api_rows
+        return self.api_vs(
+            "a",
+            "direct",
+            0.5,
+            api_apply.measure,
+            n,
+            lambda f: f"{n:,} duration updates, batches of 1,000; direct = executemany",
+        )
+
     def c(self) -> Iterator[Row]:
         n = self.sizes.legacy_rows
-        for row, url in self.databases("c", "rows/s"):
-            row.target = "API >= 5x legacy"
-            if row.met != "skipped":
-                f = legacy_row_by_row.compare(url, n)
-                row.figure, row.baseline = f["api_rows_per_s"], f["legacy_rows_per_s"]
-                row.ratio, row.met, row.details = f["ratio"], met(f["ratio"] >= 5), f
-                row.notes += (
-                    f"{n:,} records; legacy = ORM load, set, commit per row; "
-                    f"API = BackfillClient batches of {f['batch']:.0f}"
-                )
-                self.log(
-                    f"{row.name}: {fmt(row.figure, 'rows/s')} vs {fmt(row.baseline, 'rows/s')}"
-                )
-            yield row
+        return self.api_vs(
+            "c",
+            "legacy",
+            5,
+            legacy_row_by_row.compare,
+            n,
+            lambda f: (
+                f"{n:,} records; legacy = ORM load, set, commit per row; "
+                f"API = BackfillClient batches of {f['batch']:.0f}"
+            ),
+        )
 
     def b(self) -> Iterator[Row]:
         s = self.sizes

@@ -16,14 +16,16 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 from sqlalchemy import bindparam, insert, text
 
+from api.cli import uvicorn_command
 from api.core.db import make_engine
 from api.migrate import upgrade
 from api.models import Media, uri_key, utcnow
@@ -62,19 +64,7 @@ def seed(url: str, n: int) -> list[int]:
 def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = os.environ | {"BACKFILL_DATABASE_URL": url}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command(port, "--no-access-log", "--log-level", "warning"),
         cwd=ROOT,
         env=env,
         stdout=log.open("ab"),
@@ -88,6 +78,27 @@ def serve(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit(f"API did not start; see {log}")
+
+
+@contextmanager
+def serving(url: str, log: Path) -> Iterator[str]:
+    """The API over `url` on a free port, for the block: its base URL."""
+    port = free_port()
+    proc = serve(url, port, log)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def seeded(url: str | None, rows: int, tmp: Path) -> tuple[str, str, list[int]]:
+    """(database URL, admin token, media ids): the database at `url` (default: a SQLite file
+    in `tmp`) migrated, emptied and seeded with `rows` media records."""
+    url = url or f"sqlite:///{tmp}/bench.db"
+    upgrade(url)
+    token = create_token(name=f"bench-{time.time_ns()}", role="admin", database_url=url)
+    return url, token, seed(url, rows)
 
 
 def via_api(base: str, token: str, ids: list[int], batch: int, value: float) -> float:
@@ -119,22 +130,22 @@ def direct(url: str, ids: list[int], batch: int, value: float) -> float:
     return elapsed
 
 
+SUMMARY = (
+    "{backend}: {rows:,} duration updates in batches of {batch}\n"
+    "  API (HTTP, validated, audited):  {api_rows_per_s:>10,.0f} rows/s\n"
+    "  direct executemany:              {direct_rows_per_s:>10,.0f} rows/s\n"
+    "  ratio API/direct:                {ratio:>10.2f}x  (target >= 0.5x)"
+)
+
+
 def measure(url: str | None = None, rows: int = 100_000, batch: int = 1000) -> dict[str, float]:
     """rows/s through the API and straight into the database at `url` (default: a temp SQLite
     file), and their ratio. The database is migrated and its media table emptied."""
     with tempfile.TemporaryDirectory() as tmp:
-        url = url or f"sqlite:///{tmp}/bench.db"
-        upgrade(url)
-        token = create_token(name=f"bench-{time.time_ns()}", role="admin", database_url=url)
-        ids = seed(url, rows)
-        port = free_port()
-        proc = serve(url, port, Path(tmp) / "api.log")
-        try:
-            via_api(f"http://127.0.0.1:{port}", token, ids[:batch], batch, 0.5)  # warm
-            api_s = via_api(f"http://127.0.0.1:{port}", token, ids, batch, 1.0)
-        finally:
-            proc.terminate()
-            proc.wait(10)
+        url, token, ids = seeded(url, rows, Path(tmp))
+        with serving(url, Path(tmp) / "api.log") as base:
+            via_api(base, token, ids[:batch], batch, 0.5)  # warm
+            api_s = via_api(base, token, ids, batch, 1.0)
         direct_s = direct(url, ids, batch, 2.0)
     return {
         "rows": float(rows),
@@ -145,26 +156,39 @@ def measure(url: str | None = None, rows: int = 100_000, batch: int = 1000) -> d
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def database_main(
+    argv: Sequence[str] | None,
+    description: str,
+    rows: int,
+    batch: int,
+    run: Callable[[str | None, int, int], dict[str, float]],
+    summary: str,
+) -> dict[str, float]:
+    """The command line of a benchmark over one database: `run(url, rows, batch)`, then its
+    figures as JSON or through the format string `summary` (which may name them, and
+    backend, rows and batch)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--database-url", help="default: a SQLite file in a temp dir")
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--batch", type=int, default=batch, help="Items per API batch.")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
-    figures = measure(args.database_url, args.rows, args.batch)
+    figures = run(args.database_url, args.rows, args.batch)
     backend = (args.database_url or "sqlite").split(":", 1)[0]
     if args.json:
         print(json.dumps({"backend": backend, **figures}))
     else:
         print(
-            f"{backend}: {args.rows:,} duration updates in batches of {args.batch}\n"
-            f"  API (HTTP, validated, audited):  {figures['api_rows_per_s']:>10,.0f} rows/s\n"
-            f"  direct executemany:              {figures['direct_rows_per_s']:>10,.0f} rows/s\n"
-            f"  ratio API/direct:                {figures['ratio']:>10.2f}x  (target >= 0.5x)"
+            summary.format_map(
+                figures | {"backend": backend, "rows": args.rows, "batch": args.batch}
+            )
         )
     return figures
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    return database_main(argv, __doc__.splitlines()[0], 100_000, 1000, measure, SUMMARY)
 
 
 if __name__ == "__main__":

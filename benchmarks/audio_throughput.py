@@ -12,7 +12,6 @@ the ffmpeg path (MP4).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -30,6 +29,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.hashing import last_json, run_python  # noqa: E402
 from flows.compute.audio import analyse_audio, warm_up  # noqa: E402
 from flows.compute.probe import ffmpeg_exe, probe  # noqa: E402
 
@@ -69,14 +69,8 @@ print(json.dumps({"import": t1 - t0, "warm_up": t2 - t1, "first": t3 - t2, "seco
 
 
 def cold_costs(first: Path, second: Path, mode: str) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, "-c", COLD_SCRIPT, mode, str(first), str(second)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    result: dict[str, float] = json.loads(done.stdout)
+    _, stdout = run_python("cold start", "-c", COLD_SCRIPT, mode, str(first), str(second))
+    result: dict[str, float] = last_json(stdout)
     return result
 
 

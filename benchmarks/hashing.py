@@ -22,6 +22,7 @@ the same cores takes from the two-thread flow, not from single-threaded openssl.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from math import nan
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -165,20 +167,28 @@ def prefect_server(workdir: Path) -> Iterator[str]:
         proc.wait(30)
 
 
-def run_cli(
-    api: LocalApi, media_root: Path, workdir: Path, prefect_url: str, *args: str
-) -> tuple[float, str]:
-    """`backfill run ARGS` in a subprocess against `api`: (wall seconds, stdout)."""
-    env = _prefect_env(workdir) | {
-        "PREFECT_API_URL": prefect_url,
-        "BACKFILL_API_URL": api.url,
-        "BACKFILL_API_TOKEN": api.token,
-        "BACKFILL_MEDIA_ROOT": str(media_root),
-        "COLUMNS": "120",
-    }
+def flow_env(
+    workdir: Path, prefect_url: str, api: LocalApi, media_root: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a flow run (CLI or script) against `api` and the Prefect server."""
+    return (
+        _prefect_env(workdir)
+        | {
+            "PREFECT_API_URL": prefect_url,
+            "BACKFILL_API_URL": api.url,
+            "BACKFILL_API_TOKEN": api.token,
+            "BACKFILL_MEDIA_ROOT": str(media_root),
+        }
+        | extra
+    )
+
+
+def run_python(what: str, *args: str, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """`python ARGS` in a subprocess from the repository root: (wall seconds, stdout);
+    raises naming `what` when it fails."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "run", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -187,8 +197,21 @@ def run_cli(
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"backfill run {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        raise RuntimeError(f"{what} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     return seconds, done.stdout
+
+
+def last_json(stdout: str) -> Any:
+    """The JSON document on the last line a script printed."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_cli(
+    api: LocalApi, media_root: Path, workdir: Path, prefect_url: str, *args: str
+) -> tuple[float, str]:
+    """`backfill run ARGS` in a subprocess against `api`: (wall seconds, stdout)."""
+    env = flow_env(workdir, prefect_url, api, media_root, COLUMNS="120")
+    return run_python(f"backfill run {' '.join(args)}", "-m", "ops.cli", "run", *args, env=env)
 
 
 def table_value(stdout: str, metric: str) -> float:

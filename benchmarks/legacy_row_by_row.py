@@ -17,8 +17,6 @@ The database must be disposable: it is migrated and its media table emptied.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -27,12 +25,9 @@ from pathlib import Path
 from sqlmodel import Session
 
 from api.core.db import make_engine
-from api.migrate import upgrade
 from api.models import Media, utcnow
 from api.schemas import BackfillKind, DurationResult
-from api.services.tokens import create_token
-from benchmarks.api_apply import seed, serve
-from benchmarks.hashing import free_port
+from benchmarks.api_apply import database_main, seeded, serving
 from flows.client import BackfillClient
 
 
@@ -69,24 +64,23 @@ def api_update(base: str, token: str, updates: Sequence[tuple[int, float]], batc
     return applied
 
 
+SUMMARY = (
+    "{backend}: {rows:,} duration updates\n"
+    "  legacy (ORM session, commit per row): {legacy_rows_per_s:>10,.0f} rows/s\n"
+    "  API (BackfillClient, batches of {batch:>4}): {api_rows_per_s:>10,.0f} rows/s\n"
+    "  ratio API/legacy:                     {ratio:>10.2f}x  (target >= 5x)"
+)
+
+
 def compare(url: str | None = None, rows: int = 20_000, batch: int = 500) -> dict[str, float]:
     """rows/s of the legacy script and of the API path over the same `rows` records."""
     with tempfile.TemporaryDirectory() as tmp:
-        url = url or f"sqlite:///{tmp}/bench.db"
-        upgrade(url)
-        token = create_token(name=f"bench-{time.time_ns()}", role="admin", database_url=url)
-        ids = seed(url, rows)
-        port = free_port()
-        proc = serve(url, port, Path(tmp) / "api.log")
-        base = f"http://127.0.0.1:{port}"
-        try:
+        url, token, ids = seeded(url, rows, Path(tmp))
+        with serving(url, Path(tmp) / "api.log") as base:
             api_update(base, token, [(i, 0.5) for i in ids[:batch]], batch)  # warm-up
             started = time.perf_counter()
             applied = api_update(base, token, [(i, 1.0) for i in ids], batch)
             api_s = time.perf_counter() - started
-        finally:
-            proc.terminate()
-            proc.wait(10)
         assert applied == rows, (applied, rows)
         started = time.perf_counter()
         updated = legacy_update(url, [(i, 2.0) for i in ids])
@@ -102,26 +96,7 @@ def compare(url: str | None = None, rows: int = 20_000, batch: int = 500) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", help="default: a SQLite file in a temp dir")
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=500, help="Items per API batch.")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-
-    figures = compare(args.database_url, args.rows, args.batch)
-    backend = (args.database_url or "sqlite").split(":", 1)[0]
-    if args.json:
-        print(json.dumps({"backend": backend, **figures}))
-    else:
-        legacy, api = figures["legacy_rows_per_s"], figures["api_rows_per_s"]
-        print(
-            f"{backend}: {args.rows:,} duration updates\n"
-            f"  legacy (ORM session, commit per row): {legacy:>10,.0f} rows/s\n"
-            f"  API (BackfillClient, batches of {args.batch:>4}): {api:>10,.0f} rows/s\n"
-            f"  ratio API/legacy:                     {figures['ratio']:>10.2f}x  (target >= 5x)"
-        )
-    return figures
+    return database_main(argv, __doc__.split("\n\n")[0], 20_000, 500, compare, SUMMARY)
 
 
 if __name__ == "__main__":

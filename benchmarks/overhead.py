@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -35,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.duration import make_wavs
-from benchmarks.hashing import ROOT, _prefect_env, local_api, prefect_server
+from benchmarks.hashing import flow_env, last_json, local_api, prefect_server, run_python
 
 
 def _child(database_url: str, records: int, repeat: int) -> dict[str, Any]:
@@ -125,25 +123,14 @@ def measure(
             prefect_url = stack.enter_context(prefect_server(workdir))
         api = stack.enter_context(local_api(workdir))
         api.register(media_root, paths, "audio")
-        env = _prefect_env(workdir) | {
-            "PREFECT_API_URL": prefect_url,
-            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-            "BACKFILL_API_URL": api.url,
-            "BACKFILL_API_TOKEN": api.token,
-            "BACKFILL_MEDIA_ROOT": str(media_root),
-        }
-        command = [sys.executable, "-m", "benchmarks.overhead", "--child", api.database_url]
-        done = subprocess.run(
-            [*command, "--records", str(records), "--repeat", str(repeat)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
+        env = flow_env(
+            workdir, prefect_url, api, media_root, PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING"
         )
-    if done.returncode != 0:
-        raise RuntimeError(f"overhead run failed:\n{done.stdout}\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+        child = ["-m", "benchmarks.overhead", "--child", api.database_url]
+        _, stdout = run_python(
+            "overhead run", *child, "--records", str(records), "--repeat", str(repeat), env=env
+        )
+    result = last_json(stdout)
     loop_s, flow_s = min(result["loop_s"]), min(result["flow_s"])
     for name, runs in (("loop", result["loop_s"]), ("flow", result["flow_s"])):
         log(f"{name}: {records} records in " + ", ".join(f"{s:.2f}" for s in runs) + " s")

@@ -25,11 +25,7 @@ without a warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from math import nan
@@ -37,7 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.hashing import ROOT, LocalApi, _prefect_env, local_api, prefect_server
+from benchmarks.hashing import (
+    LocalApi,
+    flow_env,
+    last_json,
+    local_api,
+    prefect_server,
+    run_python,
+)
 from ops.corpus import write_tone
 
 RATE = 44_100
@@ -92,26 +95,11 @@ def run_flow(
     api: LocalApi, media_root: Path, workdir: Path, prefect_url: str, workers: int, batch: int
 ) -> tuple[float, dict[str, object]]:
     """(wall seconds, the run's report) of the flow in a new interpreter."""
-    env = _prefect_env(workdir) | {
-        "PREFECT_API_URL": prefect_url,
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "BACKFILL_API_URL": api.url,
-        "BACKFILL_API_TOKEN": api.token,
-        "BACKFILL_MEDIA_ROOT": str(media_root),
-    }
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_SCRIPT, str(workers), str(batch)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
+    env = flow_env(workdir, prefect_url, api, media_root, PREFECT_LOGGING_LEVEL="WARNING")
+    seconds, stdout = run_python(
+        "snr-frequency run", "-c", RUN_SCRIPT, str(workers), str(batch), env=env
     )
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"snr-frequency run failed:\n{done.stdout}\n{done.stderr[-3000:]}")
-    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    report: dict[str, object] = last_json(stdout)
     return seconds, report
 
 
@@ -145,14 +133,8 @@ def time_run(
 
 
 def cold_start(first: Path, second: Path, mode: str) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, "-c", COLD_SCRIPT, mode, str(first), str(second)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    _, stdout = run_python("cold start", "-c", COLD_SCRIPT, mode, str(first), str(second))
+    result: dict[str, float] = last_json(stdout)
     return result
 
 

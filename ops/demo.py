@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from api.cli import uvicorn_command
 from api.schemas import BackfillKind
 from flows.client import APIError
 from flows.settings import ConfigError, prefect_startup_timeout
@@ -87,35 +88,17 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@dataclass
 class Layout:
     """Where the demo keeps things under its working folder."""
 
-    root: Path
-
-    @property
-    def media(self) -> Path:
-        return self.root / "media"
-
-    @property
-    def compiled(self) -> Path:
-        return self.media / "compiled"
-
-    @property
-    def database(self) -> Path:
-        return self.root / "api.db"
-
-    @property
-    def prefect_home(self) -> Path:
-        return self.root / "prefect"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def api_pid(self) -> Path:
-        return self.root / "api.pid"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.media = root / "media"
+        self.compiled = self.media / "compiled"
+        self.database = root / "api.db"
+        self.prefect_home = root / "prefect"
+        self.logs = root / "logs"
+        self.api_pid = root / "api.pid"
 
     def fresh_start(self) -> None:
         """A new API database and no compiled videos; the corpus and Prefect's history stay
@@ -234,33 +217,17 @@ def _prefect_server(layout: Layout) -> Server:
         "on",
     ]
     layout.prefect_home.mkdir(parents=True, exist_ok=True)
-    return Server(
-        name="Prefect server",
-        command=command,
-        env=env,
-        port=port,
-        health_path="/api/health",
-        log_path=layout.logs / "prefect-server.log",
-        cwd=layout.root,
-    )
+    log = layout.logs / "prefect-server.log"
+    return Server("Prefect server", command, env, port, "/api/health", log, cwd=layout.root)
 
 
 def _api_server(layout: Layout, database_url: str, *, detach: bool) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKFILL_")}
     env["BACKFILL_DATABASE_URL"] = database_url
     port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "api.main:app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    return Server(
-        name="API",
-        command=command,
-        env=env,
-        port=port,
-        health_path="/api/v1/health",
-        log_path=layout.logs / "api.log",
-        cwd=layout.root,
-        detach=detach,
-    )
+    command = uvicorn_command(port, "--no-access-log")
+    log = layout.logs / "api.log"
+    return Server("API", command, env, port, "/api/v1/health", log, layout.root, detach)
 
 
 def _timed(label: str, work: Callable[[], T], detail: Callable[[T], str]) -> T:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.cli import uvicorn_command
 from tests.helpers import TABLES, empty_tables
 
 __all__ = ["TABLES"]  # re-exported: tests/api reads it from here
@@ -340,17 +341,7 @@ class LiveApi:
         with open(self.log_path or os.devnull, "ab") as log:
             self.process = spawn(
                 f"uvicorn api.main:app on port {self.port}",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "api.main:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--no-access-log",
-                ],
+                uvicorn_command(self.port, "--no-access-log"),
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -377,23 +368,28 @@ class LiveApi:
         self.start()
 
 
+def migrated_live_api(folder: Path, db_name: str, admin: str = "admin") -> LiveApi:
+    """A `LiveApi`, not started, over a new migrated SQLite file `db_name` in `folder`, with
+    an admin token named `admin` and a reader token; it logs to folder/api.log."""
+    from api.migrate import upgrade
+    from api.services.tokens import create_token
+
+    url = f"sqlite:///{folder / db_name}"
+    upgrade(url)
+    admin_token, reader_token = (
+        create_token(name=name, role=role, database_url=url)
+        for name, role in ((admin, "admin"), ("reader", "reader"))
+    )
+    return LiveApi(url, admin_token, reader_token, log_path=folder / "api.log")
+
+
 @pytest.fixture
 def live_api(tmp_path: Path) -> Iterator[LiveApi]:
     """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn.
 
     One per test, not per session: a flow run some test leaves behind in a thread must not
     write into the next test's database (seen with a shared server under xdist)."""
-    from api.migrate import upgrade
-    from api.services.tokens import create_token
-
-    url = f"sqlite:///{tmp_path / 'live.db'}"
-    upgrade(url)
-    api = LiveApi(
-        database_url=url,
-        admin_token=create_token(name="admin", role="admin", database_url=url),
-        reader_token=create_token(name="reader", role="reader", database_url=url),
-        log_path=tmp_path / "api.log",
-    )
+    api = migrated_live_api(tmp_path, "live.db")
     api.start()
     try:
         yield api

@@ -15,12 +15,8 @@ from tests.conftest import ROOT, STARTED, LiveApi, server_timeout, session_membe
 
 def test_an_api_that_never_becomes_healthy_is_still_killed(tmp_path: Path) -> None:
     # uvicorn starts, but /health could only answer 503: its database is unreachable.
-    api = LiveApi(
-        database_url="postgresql+psycopg://nobody:secret@127.0.0.1:9/none?connect_timeout=1",
-        admin_token="-",
-        reader_token="-",
-        log_path=tmp_path / "api.log",
-    )
+    unreachable = "postgresql+psycopg://nobody:secret@127.0.0.1:9/none?connect_timeout=1"
+    api = LiveApi(unreachable, admin_token="-", reader_token="-", log_path=tmp_path / "api.log")
     # The deadline comes while the process is alive: start() kills its group, then raises.
     with pytest.raises(RuntimeError, match="did not become healthy in 3 s"):
         api.start(timeout=3)
@@ -33,12 +29,7 @@ def test_an_api_that_never_becomes_healthy_is_still_killed(tmp_path: Path) -> No
 
 
 def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
-    api = LiveApi(
-        database_url="nonsense://",
-        admin_token="-",
-        reader_token="-",
-        log_path=tmp_path / "api.log",
-    )
+    api = LiveApi("nonsense://", admin_token="-", reader_token="-", log_path=tmp_path / "api.log")
     with pytest.raises(RuntimeError, match="API exited with"):
         api.start()
     (leader,) = api.pids

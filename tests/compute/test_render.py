@@ -150,15 +150,20 @@ def test_plan_rejects_bad_projects(media: dict[str, Path], tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
-def test_plan_timeline_lays_out_segments(media: dict[str, Path], tmp_path: Path) -> None:
-    plan = make_plan(
+def full_plan(media: dict[str, Path], tmp_path: Path, outro: str) -> RenderPlan:
+    """Two clips (the first cut to 0.2-1.0 s) between an intro, a transition and `outro`."""
+    return make_plan(
         tmp_path,
         [(media["a440"], 0.2, 1.0), (media["b880"], 0, 1)],
         intro=media["b880"],
         transition=media["swipe"],
-        outro=media["mute"],
+        outro=media[outro],
         height=32,
     )
+
+
+def test_plan_timeline_lays_out_segments(media: dict[str, Path], tmp_path: Path) -> None:
+    plan = full_plan(media, tmp_path, outro="mute")
     timeline = plan_timeline(plan)
     assert [s.role for s in timeline.segments] == ["intro", "clip", "transition", "clip", "outro"]
     assert (timeline.width, timeline.height) == (42, 32)
@@ -171,14 +176,7 @@ def test_plan_timeline_lays_out_segments(media: dict[str, Path], tmp_path: Path)
 
 
 def test_render_full_timeline(media: dict[str, Path], tmp_path: Path) -> None:
-    plan = make_plan(
-        tmp_path,
-        [(media["a440"], 0.2, 1.0), (media["b880"], 0, 1)],
-        intro=media["b880"],
-        transition=media["swipe"],
-        outro=media["a440"],
-        height=32,
-    )
+    plan = full_plan(media, tmp_path, outro="a440")
     before = set(child_pids())  # a session may hold other children (servers, pools)
     timeline = plan_timeline(plan)
     out = render(plan)

@@ -25,6 +25,7 @@ from tests.conftest import (
     ROOT,
     LiveApi,
     free_port,
+    migrated_live_api,
     prefect_server_timeout,
     session_members,
     spawn,
@@ -278,18 +279,8 @@ class DeployApi:
 
 @pytest.fixture(scope="session")
 def deploy_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployApi]:
-    from api.migrate import upgrade
-    from api.services.tokens import create_token
-
     folder = tmp_path_factory.mktemp("deploy-api")
-    url = f"sqlite:///{folder / 'api.db'}"
-    upgrade(url)
-    api = LiveApi(
-        database_url=url,
-        admin_token=create_token(name="worker", role="admin", database_url=url),
-        reader_token=create_token(name="reader", role="reader", database_url=url),
-        log_path=folder / "api.log",
-    )
+    api = migrated_live_api(folder, "api.db", admin="worker")
     media_root = folder / "media"
     media_root.mkdir()
     api.start()

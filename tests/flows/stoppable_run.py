@@ -4,21 +4,17 @@ cancel test: `python -m tests.flows.stoppable_run`. Exits 143 when stopped by SI
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from prefect import flow
 
-from api.schemas import BackfillKind, DurationResult
 from flows.engine import BackfillReport, chunk_task_runner, finish, run_backfill
-from flows.spec import Backfill, BackfillParams
+from flows.media_duration import MEDIA_DURATION
+from flows.spec import BackfillParams
 from tests.flows.helpers import slow_wav_duration
 
-SLOW = Backfill(
-    kind=BackfillKind.MEDIA_DURATION,
-    result_model=DurationResult,
-    compute=slow_wav_duration,
-    executor="process",
-    workers=2,
-)
+#: media-duration with a slow compute, on a pool of two processes.
+SLOW = replace(MEDIA_DURATION, compute=slow_wav_duration, executor="process", workers=2)
 
 
 @flow(name="stoppable-durations", task_runner=chunk_task_runner())

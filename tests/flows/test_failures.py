@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Iterator
+from logging.handlers import BufferingHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,15 @@ from tests.conftest import LiveApi
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api_url")]
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
+class Lines(BufferingHandler):
+    """Keeps every record in `buffer` (a capacity never reached: it never flushes)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+    def __init__(self) -> None:
+        super().__init__(capacity=sys.maxsize)
+        self.setLevel(logging.DEBUG)
 
     def errors(self) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.levelno >= logging.ERROR]
+        return [r for r in self.buffer if r.levelno >= logging.ERROR]
 
 
 @pytest.fixture
@@ -64,8 +65,8 @@ def assert_failed_with(state: State[Any], lines: Lines, reason: str) -> None:
     assert stored_message(state) == state.message
     errors = lines.errors()
     assert [r.getMessage() for r in errors] == [f"run failed: {state.message}"]
-    assert all(r.exc_info is None and not r.exc_text for r in lines.records)
-    assert "Traceback" not in "\n".join(r.getMessage() for r in lines.records)
+    assert all(r.exc_info is None and not r.exc_text for r in lines.buffer)
+    assert "Traceback" not in "\n".join(r.getMessage() for r in lines.buffer)
 
 
 def register(api: LiveApi, uris: list[str]) -> None:

@@ -50,15 +50,8 @@ def migrate_one(
 
 
 def expected(entry: ManifestFile, *, record_id: int = 7, revision: int = 3) -> Version0Result:
-    return Version0Result(
-        record_id=record_id,
-        expected_revision=revision,
-        uri=entry.uri,
-        media_type=entry.media_type,
-        size_bytes=entry.size_bytes,
-        sample_rate=entry.sample_rate,
-        channels=entry.channels,
-    )
+    facts = entry.model_dump(include={"uri", "media_type", "size_bytes", "sample_rate", "channels"})
+    return Version0Result(record_id=record_id, expected_revision=revision, **facts)
 
 
 # --- The compute function, on real files ----------------------------------------------------
