@@ -381,7 +381,10 @@ class ChunkRunner:
         # less than handing it to a thread did.
         size = -(-len(jobs) // (4 * compute_workers(self.spec)))
         slices = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        done = self.pool.map(run_items, repeat(self.spec), slices)
+        try:
+            done = self.pool.map(run_items, repeat(self.spec), slices)
+        except RuntimeError as exc:  # the run was stopped: the pool is shut down
+            raise BrokenExecutor(f"the compute pool is stopped ({exc})") from exc
         return [outcome for outcomes in done for outcome in outcomes]
 
     def process(self, items: list[PendingItem]) -> ChunkReport:
