@@ -50,35 +50,38 @@ def _fk(target: str, *, nullable: bool = True, ondelete: str | None = None) -> A
     )
 
 
-#: The rows each media kind still has to do (`api.services.kinds` renders the same predicates
-#: with literal values, so the planner of either database matches the partial index), per
-#: dialect: SQLite before 3.39 does not parse IS DISTINCT FROM, its `IS NOT` is the same.
-#: Migration 0002 creates these indexes and the `media_counts` triggers from the same text.
-TODO_WHERE: dict[str, dict[str, str]] = {
-    "media-duration": {"any": "schema_version >= 1 AND duration IS NULL"},
-    "file-hashing": {
-        "sqlite": "schema_version >= 1 AND (hash IS NULL OR hash_algorithm IS NOT 'sha256')",
-        "postgresql": (
-            "schema_version >= 1 AND (hash IS NULL OR hash_algorithm IS DISTINCT FROM 'sha256')"
-        ),
-    },
-    "snr-frequency": {"any": "schema_version >= 1 AND (snr IS NULL OR frequency IS NULL)"},
-    "version-0": {"any": "schema_version = 0"},
+#: Algorithms of file-hashing: each has its own digest column (`sha256`, ...) and version.
+HASH_ALGORITHMS = ("sha256", "blake2b", "sha1", "md5")
+CURRENT = "schema_version >= 1"
+
+#: The rows each media kind still has to do, one entry per partial index (`api.services.kinds`
+#: renders the same predicates with literal values, so the planner of either database matches
+#: the partial index); file-hashing has one per algorithm. Migration 0003 creates these
+#: indexes and the `media_counts` triggers from the same text (a test checks they agree).
+TODO_WHERE: dict[str, str] = {
+    "media-duration": f"{CURRENT} AND duration IS NULL",
+    **{f"file-hashing-{a}": f"{CURRENT} AND {a} IS NULL" for a in HASH_ALGORITHMS},
+    "snr-frequency": f"{CURRENT} AND (snr IS NULL OR frequency IS NULL)",
+    "version-0": "schema_version = 0",
 }
 
+#: The column holding the compute version of each media kind's value (file-hashing: per
+#: algorithm, `<algorithm>_version`); each has an index, so coverage counts the rows of older
+#: versions by an index range that touches only them.
+VERSION_COLUMNS = (
+    "duration_version",
+    "snr_version",
+    "migration_version",
+    *(f"{a}_version" for a in HASH_ALGORITHMS),
+)
 
-def todo_where(kind: str, dialect: str) -> str:
-    """The kind's pending predicate as SQL text for this dialect."""
-    variants = TODO_WHERE[kind]
-    return variants.get(dialect, variants.get("any", ""))
 
-
-def _todo_index(kind: str) -> Index:
+def _todo_index(name: str) -> Index:
     return Index(
-        f"ix_media_todo_{kind.replace('-', '_')}",
+        f"ix_media_todo_{name.replace('-', '_')}",
         "id",
-        sqlite_where=text(todo_where(kind, "sqlite")),
-        postgresql_where=text(todo_where(kind, "postgresql")),
+        sqlite_where=text(TODO_WHERE[name]),
+        postgresql_where=text(TODO_WHERE[name]),
     )
 
 
@@ -88,7 +91,10 @@ class Media(SQLModel, table=True):
     __tablename__ = "media"
     #: One partial index per media kind over the rows it still has to do, in id order: a page
     #: of pending work reads only those, however many are done.
-    __table_args__ = tuple(_todo_index(kind) for kind in TODO_WHERE)
+    __table_args__ = (
+        *(_todo_index(name) for name in TODO_WHERE),
+        *(Index(f"ix_media_{column}", column) for column in VERSION_COLUMNS),
+    )
 
     id: int | None = _pk()
     uri: str = Field(sa_column=Column(Text, nullable=False))
@@ -97,13 +103,24 @@ class Media(SQLModel, table=True):
     media_type: str | None = Field(default=None, max_length=8)
     size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     duration: float | None = None
-    hash: str | None = Field(default=None, max_length=128)
-    hash_algorithm: str | None = Field(default=None, max_length=16)
+    duration_version: int | None = None
+    #: One digest per algorithm (file-hashing), each with the compute version that made it.
+    sha256: str | None = Field(default=None, max_length=64)
+    sha256_version: int | None = None
+    blake2b: str | None = Field(default=None, max_length=128)
+    blake2b_version: int | None = None
+    sha1: str | None = Field(default=None, max_length=40)
+    sha1_version: int | None = None
+    md5: str | None = Field(default=None, max_length=32)
+    md5_version: int | None = None
     snr: float | None = None
     frequency: float | None = None
+    snr_version: int | None = None
     sample_rate: int | None = None
     channels: int | None = None
     schema_version: int = Field(default=1, index=True)
+    #: The version-0 compute version that upgraded this record (None: registered current).
+    migration_version: int | None = None
     revision: int = Field(default=1, sa_type=BigInteger)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -122,7 +139,10 @@ class MediaCounts(SQLModel, table=True):
     current_records: int = Field(default=0, sa_type=BigInteger)
     legacy_records: int = Field(default=0, sa_type=BigInteger)
     duration_todo: int = Field(default=0, sa_type=BigInteger)
-    hash_todo: int = Field(default=0, sa_type=BigInteger)
+    sha256_todo: int = Field(default=0, sa_type=BigInteger)
+    blake2b_todo: int = Field(default=0, sa_type=BigInteger)
+    sha1_todo: int = Field(default=0, sa_type=BigInteger)
+    md5_todo: int = Field(default=0, sa_type=BigInteger)
     snr_todo: int = Field(default=0, sa_type=BigInteger)
 
 
@@ -172,6 +192,8 @@ class Project(SQLModel, table=True):
     thumbnail_uri: str | None = Field(default=None, sa_column=Column(Text))
     height: int | None = None
     fps: float | None = None
+    #: The clip-compile compute version that rendered it (compiled projects).
+    compile_version: int | None = None
     revision: int = Field(default=1, sa_type=BigInteger)
     created_at: datetime = _ts()
     updated_at: datetime = _ts(index=True)

@@ -39,7 +39,7 @@ class BackfillKind(StrEnum):
 
     #: Fill `media.duration` (seconds).
     MEDIA_DURATION = "media-duration"
-    #: Fill `media.hash` and `media.hash_algorithm`.
+    #: Fill the record's digest of the algorithm asked for (one digest per algorithm).
     FILE_HASHING = "file-hashing"
     #: Fill `media.snr` (dB) and `media.frequency` (Hz).
     SNR_FREQUENCY = "snr-frequency"
@@ -63,6 +63,24 @@ HASH_HEX_LENGTH: dict[HashAlgorithm, int] = {
     HashAlgorithm.SHA256: 64,
     HashAlgorithm.BLAKE2B: 128,
 }
+
+
+class ReprocessMode(StrEnum):
+    """Which records a run takes (`/pending?mode=`, the flows' `mode` parameter)."""
+
+    #: Records without the value yet (quarantined ones left out): the nightly default.
+    MISSING = "missing"
+    #: Records in the kind's failure ledger, quarantined ones included.
+    FAILED = "failed"
+    #: Every record in the kind's scope, done or not (quarantined ones left out).
+    ALL = "all"
+    #: Done records whose value an older compute version made (`compute_version` says which
+    #: is current; quarantined ones left out).
+    STALE = "stale"
+
+
+#: A compute version: an integer the kind's compute declares, bumped when its results change.
+ComputeVersion = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class ProjectStatus(StrEnum):
@@ -210,8 +228,19 @@ class MediaRegisterResult(BatchResult):
     items: list[RegisteredMedia] = Field(default_factory=list)
 
 
+class Digest(BaseModel):
+    """One content digest of a record and the compute version of file-hashing that made it."""
+
+    digest: str
+    compute_version: int
+
+
 class MediaPublic(BaseModel):
-    """A media record with every field."""
+    """A media record with every field.
+
+    `digests` holds one digest per algorithm hashed so far. `hash` and `hash_algorithm` are
+    kept for older clients: the sha256 digest when there is one, else the first of blake2b,
+    sha1, md5 that there is."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -220,16 +249,52 @@ class MediaPublic(BaseModel):
     media_type: MediaType | None
     size_bytes: int | None
     duration: float | None
-    hash: str | None
-    hash_algorithm: HashAlgorithm | None
+    duration_version: int | None = None
+    digests: dict[HashAlgorithm, Digest] = Field(default_factory=dict)
+    hash: str | None = None
+    hash_algorithm: HashAlgorithm | None = None
     snr: float | None
     frequency: float | None
     sample_rate: int | None
     channels: int | None
+    snr_version: int | None = None
     schema_version: int
+    migration_version: int | None = None
     revision: int
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _digests_of_row(cls, data: object) -> object:
+        """From a database row: its per-algorithm digest columns (`sha256`, `sha256_version`,
+        ...) become `digests`, and `hash`/`hash_algorithm` the preferred one of them."""
+        if isinstance(data, dict) or not hasattr(data, "sha256_version"):
+            return data
+        fields = {name: getattr(data, name, None) for name in cls.model_fields}
+        digests = {
+            algorithm: Digest(
+                digest=getattr(data, algorithm.value),
+                compute_version=getattr(data, f"{algorithm.value}_version") or 1,
+            )
+            for algorithm in HASH_PREFERENCE
+            if getattr(data, algorithm.value, None) is not None
+        }
+        first = next(iter(digests), None)
+        return fields | {
+            "digests": digests,
+            "hash": digests[first].digest if first else None,
+            "hash_algorithm": first,
+        }
+
+
+#: Which digest `MediaPublic.hash` shows when a record has several.
+HASH_PREFERENCE = (
+    HashAlgorithm.SHA256,
+    HashAlgorithm.BLAKE2B,
+    HashAlgorithm.SHA1,
+    HashAlgorithm.MD5,
+)
 
 
 class MediaPage(BaseModel):
@@ -252,6 +317,51 @@ class PendingItem(BaseModel):
     channels: int | None = None
     schema_version: int = CURRENT_SCHEMA_VERSION
     attempts: int = Field(default=0, description="Failures recorded so far for this kind.")
+
+
+class PendingFilter(BaseModel):
+    """Which records `/pending` offers: the query parameters besides `after_id` and `limit`,
+    one model for the route, the services and the client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: ReprocessMode = Field(
+        ReprocessMode.MISSING,
+        description="missing (default): not done yet; failed: the failure ledger, quarantined "
+        "included; all: every record in scope; stale: done by a compute version older than "
+        "`compute_version` (media-duration, file-hashing and snr-frequency).",
+    )
+    compute_version: ComputeVersion | None = Field(
+        None, description="mode=stale: the current compute version; older values are stale."
+    )
+    media_type: MediaType | None = Field(None, description="Only records of this type.")
+    algorithm: HashAlgorithm | None = Field(
+        None, description="file-hashing: the algorithm wanted (default sha256)."
+    )
+    shard_index: Annotated[int, Field(ge=0, le=10_000)] = 0
+    shard_count: Annotated[int, Field(ge=1, le=10_000)] = 1
+    only_failed: bool | None = Field(
+        None,
+        description="Deprecated spelling of `mode=failed`.",
+        json_schema_extra={"deprecated": True},
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PendingFilter:
+        if self.shard_index >= self.shard_count:
+            raise ValueError("shard_index must be less than shard_count")
+        if self.only_failed:
+            if self.mode not in (ReprocessMode.MISSING, ReprocessMode.FAILED):
+                raise ValueError("only_failed=true is mode=failed: give one of them")
+            object.__setattr__(self, "mode", ReprocessMode.FAILED)
+        if self.mode is ReprocessMode.STALE and self.compute_version is None:
+            raise ValueError("mode=stale needs compute_version (the current one)")
+        return self
+
+    def query(self) -> dict[str, str | int]:
+        """As query parameters, defaults left out."""
+        values = self.model_dump(mode="json", exclude_defaults=True, exclude={"only_failed"})
+        return {name: value for name, value in values.items() if value is not None}
 
 
 class PendingPage(BaseModel):
@@ -278,14 +388,18 @@ class FailurePage(BaseModel):
 
 
 class KindCoverage(BaseModel):
-    """Coverage of one kind. `pending` excludes quarantined; `failed` counts ledger rows."""
+    """Coverage of one kind (file-hashing: of one algorithm). `pending` excludes quarantined;
+    `failed` counts ledger rows; `versions` counts the done records by the compute version
+    that made their value (records done without a version count as the newest)."""
 
     kind: BackfillKind
+    algorithm: HashAlgorithm | None = None
     total: int
     done: int
     pending: int
     failed: int
     quarantined: int
+    versions: dict[int, int] = Field(default_factory=dict)
 
 
 class Coverage(BaseModel):
@@ -295,13 +409,20 @@ class Coverage(BaseModel):
 # --- Results per kind ----------------------------------------------------------------------
 
 
+#: Each result item says which compute version made it; the API stores it beside the value.
+#: Absent (an older client), it is 1.
+VersionField = Annotated[ComputeVersion, JsonInt]
+
+
 class DurationResult(_Strict):
     record_id: RecordId
+    compute_version: VersionField = 1
     duration: Annotated[Finite, Field(ge=0, description="Seconds.")]
 
 
 class HashResult(_Strict):
     record_id: RecordId
+    compute_version: VersionField = 1
     hash: str = Field(min_length=32, max_length=128, description="Lowercase hex digest.")
     algorithm: HashAlgorithm
 
@@ -315,6 +436,7 @@ class HashResult(_Strict):
 
 class SnrFrequencyResult(_Strict):
     record_id: RecordId
+    compute_version: VersionField = 1
     snr: Annotated[Finite, Field(ge=SNR_RANGE_DB[0], le=SNR_RANGE_DB[1], description="dB.")]
     frequency: Annotated[
         Finite, Field(gt=0, le=MAX_FREQUENCY_HZ, description="Dominant frequency, Hz.")
@@ -325,6 +447,7 @@ class Version0Result(_Strict):
     """A legacy record upgraded to version 1; applied only if `expected_revision` still holds."""
 
     record_id: RecordId
+    compute_version: VersionField = 1
     expected_revision: Revision
     uri: RelativeUri
     media_type: MediaType
@@ -338,6 +461,7 @@ class ClipCompileResult(_Strict):
     """A rendered project: the output becomes a media record; render usage is counted once."""
 
     project_id: RecordId
+    compute_version: VersionField = 1
     output_uri: RelativeUri
     thumbnail_uri: RelativeUri
     duration: Annotated[Finite, Field(gt=0, description="Seconds of compiled output.")]

@@ -67,6 +67,7 @@ from api.schemas import (
     MediaPublic,
     MediaRegisterResult,
     MediaType,
+    PendingFilter,
     PendingPage,
     ProjectCreate,
     ProjectCreated,
@@ -519,19 +520,13 @@ class BackfillClient:
         *,
         after_id: int = 0,
         limit: int = MAX_PAGE_LIMIT,
-        media_type: MediaType | None = None,
-        only_failed: bool = False,
-        shard_index: int = 0,
-        shard_count: int = 1,
-        options: Mapping[str, str] | None = None,
+        where: PendingFilter | None = None,
     ) -> PendingPage:
-        """One page of work after `after_id` (keyset); `options` are kind filters."""
-        params: dict[str, Any] = {"after_id": after_id, "limit": limit, "media_type": media_type}
-        if only_failed:
-            params["only_failed"] = "true"
-        if shard_count > 1:
-            params |= {"shard_index": shard_index, "shard_count": shard_count}
-        params |= dict(options or {})
+        """One page of work after `after_id` (keyset) of the records `where` selects (default:
+        the missing ones)."""
+        params: dict[str, Any] = {"after_id": after_id, "limit": limit}
+        if where is not None:
+            params |= where.query()
         return self._call(PendingPage, "GET", f"/backfills/{kind.value}/pending", params=params)
 
     def post_results(

@@ -8,7 +8,7 @@ One chunk is one project by default (a render is heavy). Each project is:
 
 1. claimed by the engine through the spec's `claim` (`claim_compile`, in the chunk's
    thread, with the run's one client): `PUT /projects/{id}/status` to `compiling`
-   (`failed` -> `queued` first with `only_failed`). A 409 means another run holds it: this
+   (`failed` -> `queued` first with `mode=failed`). A 409 means another run holds it: this
    run skips it and counts it as unchanged, never as a failure (the other run may still
    compile it);
 2. described in one call (`GET /projects/{id}/compilation-context`), handed to compute in
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import get_run_logger
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from api.schemas import (
     BackfillKind,
@@ -51,11 +51,13 @@ from api.schemas import (
     MediaPublic,
     ProjectStatus,
     ProjectStatusUpdate,
+    ReprocessMode,
     is_url,
 )
 from flows.client import BackfillClient, ConflictError, Logger, NotFoundError
 from flows.compute.errors import MediaError
 from flows.compute.render import (
+    COMPUTE_VERSION,
     MediaInfo,
     RenderClip,
     RenderPlan,
@@ -105,9 +107,10 @@ class CompileParams(BackfillParams):
         description="Claim and render nothing: check each project's media, spans and quota "
         "from file headers, and report what would render.",
     )
-    only_failed: bool = Field(
-        False,
-        description="Requeue and render the failed projects (quarantined ones included) only.",
+    mode: ReprocessMode = Field(
+        ReprocessMode.MISSING,
+        description="missing: the queued projects (and stale leases); failed: requeue and "
+        "render the failed projects (quarantined ones included) only.",
     )
     shard_index: ShardIndex = Field(
         0,
@@ -120,6 +123,13 @@ class CompileParams(BackfillParams):
         "recorded on the project, while a bad media or output root fails the run at once.",
     )
     default_fps: Fps = Field(DEFAULT_FPS, description="Frame rate of projects that set none.")
+
+    @field_validator("mode")
+    @classmethod
+    def _missing_or_failed(cls, mode: ReprocessMode) -> ReprocessMode:
+        if mode not in (ReprocessMode.MISSING, ReprocessMode.FAILED):
+            raise ValueError("clip-compile takes mode missing or failed (a render is counted once)")
+        return mode
 
 
 # --- Claim: one project, through the API --------------------------------------------------
@@ -153,7 +163,7 @@ def claim_compile(client: BackfillClient, job: Job[CompileParams]) -> Job[Compil
     compilation context for `compile_project`. `Skip` if another run holds it."""
     project_id = job.item.record_id
     if not job.params.dry_run:
-        refused = claim_project(client, project_id, requeue=job.params.only_failed)
+        refused = claim_project(client, project_id, requeue=job.params.mode is ReprocessMode.FAILED)
         if refused is not None:
             logger.info("skipping: %s", refused)
             return Skip(refused)
@@ -308,6 +318,7 @@ CLIP_COMPILE = Backfill(
     kind=BackfillKind.CLIP_COMPILE,
     result_model=ClipCompileResult,
     compute=compile_project,
+    compute_version=COMPUTE_VERSION,
     executor="thread",  # moviepy drives ffmpeg subprocesses; the GIL is not the limit
     open_file=None,  # items are projects; compute opens their media itself
     claim=claim_compile,

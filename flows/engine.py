@@ -58,7 +58,14 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
-from api.schemas import MAX_PAGE_LIMIT, BackfillKind, BatchResult, FailureItem, PendingItem
+from api.schemas import (
+    MAX_PAGE_LIMIT,
+    BackfillKind,
+    BatchResult,
+    FailureItem,
+    PendingItem,
+    ReprocessMode,
+)
 from flows.client import APIError, BackfillClient, is_retryable
 from flows.compute.errors import MediaError
 from flows.media import sweep_downloads
@@ -652,7 +659,13 @@ class _Run:
         found = next((k for k in self.client.coverage().kinds if k.kind == self.spec.kind), None)
         if found is None:
             return None
-        todo = found.failed if self.params.only_failed else found.pending
+        todo = {
+            ReprocessMode.FAILED: found.failed,
+            ReprocessMode.ALL: found.total,
+            ReprocessMode.STALE: sum(
+                n for v, n in found.versions.items() if v < self.spec.compute_version
+            ),
+        }.get(self.params.mode, found.pending)
         todo = -(-todo // self.params.shard_count)
         return min(todo, self.params.limit) if self.params.limit else todo
 
@@ -676,11 +689,7 @@ class _Run:
                 self.spec.kind,
                 after_id=after_id,
                 limit=min(MAX_PAGE_LIMIT, left or MAX_PAGE_LIMIT),
-                media_type=p.media_type,
-                only_failed=p.only_failed,
-                shard_index=p.shard_index,
-                shard_count=p.shard_count,
-                options=p.pending_options(),
+                where=p.pending_filter(self.spec.compute_version),
             )
             items = page.items if left is None else page.items[:left]
             yield items

@@ -1,4 +1,4 @@
-"""file-hashing: fill `media.hash` and `media.hash_algorithm` from the bytes of each file.
+"""file-hashing: fill each record's digest of one algorithm from the bytes of its file.
 
 uv run backfill run file-hashing --dry-run
 uv run python -m flows.file_hashing        # the same, with defaults
@@ -9,17 +9,19 @@ from __future__ import annotations
 from pydantic import Field
 
 from api.schemas import BackfillKind, HashAlgorithm, HashResult
-from flows.compute.hashing import hash_file
+from flows.compute.hashing import COMPUTE_VERSION, hash_file
 from flows.engine import BackfillReport, backfill_flow, run_backfill
 from flows.spec import Backfill, BackfillParams, Job
 
 
 class HashingParams(BackfillParams):
-    """file-hashing: a record hashed with another algorithm is pending again."""
+    """file-hashing: a record keeps one digest per algorithm; each algorithm has its own
+    pending work and coverage."""
 
     algorithm: HashAlgorithm = Field(
         HashAlgorithm.SHA256,
-        description="Hash algorithm; records hashed with another one are hashed again.",
+        description="Hash algorithm; records without a digest of it are pending (digests of "
+        "other algorithms are kept).",
     )
 
     def pending_options(self) -> dict[str, str]:
@@ -37,6 +39,7 @@ FILE_HASHING = Backfill(
     kind=BackfillKind.FILE_HASHING,
     result_model=HashResult,
     compute=compute_hash,
+    compute_version=COMPUTE_VERSION,
     executor="thread",
 )
 

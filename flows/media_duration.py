@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from api.schemas import BackfillKind, DurationResult
+from flows.compute.duration import COMPUTE_VERSION
 from flows.compute.duration import media_duration as read_duration
 from flows.engine import BackfillReport, backfill_flow, run_backfill
 from flows.spec import Backfill, BackfillParams, BatchSize, Job
@@ -23,6 +24,7 @@ MEDIA_DURATION = Backfill(
     kind=BackfillKind.MEDIA_DURATION,
     result_model=DurationResult,
     compute=compute_duration,
+    compute_version=COMPUTE_VERSION,
     executor="thread",
     # A header read is ~90 us of mostly Python (GIL held): a second compute thread only
     # contended for the GIL (10,000 records: 1.66 s with two, 1.34 s with one), while the

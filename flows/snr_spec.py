@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import Field
 
 from api.schemas import BackfillKind, SnrFrequencyResult
-from flows.compute.audio import analyse_audio, warm_up
+from flows.compute.audio import COMPUTE_VERSION, analyse_audio, warm_up
 from flows.spec import MAX_CONCURRENCY, Backfill, BackfillParams, Concurrency, Job
 
 Workers = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
@@ -39,6 +39,7 @@ SNR_FREQUENCY = Backfill(
     kind=BackfillKind.SNR_FREQUENCY,
     result_model=SnrFrequencyResult,
     compute=compute_snr_frequency,
+    compute_version=COMPUTE_VERSION,
     executor="process",
     warmup=warm_up,
 )

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Ty
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaType, PendingItem
+from api.schemas import (
+    MAX_BATCH_ITEMS,
+    BackfillKind,
+    MediaType,
+    PendingFilter,
+    PendingItem,
+    ReprocessMode,
+)
 from flows.compute.errors import MediaError
 from flows.media import local_media
 from flows.settings import ClientSettings
@@ -76,8 +83,11 @@ class BackfillParams(BaseModel):
     media_type: MediaType | None = Field(
         None, description="Only records of this type (audio or video); empty for both."
     )
-    only_failed: bool = Field(
-        False, description="Reprocess the failure ledger (quarantined records included) only."
+    mode: ReprocessMode = Field(
+        ReprocessMode.MISSING,
+        description="Which records: missing (not done yet), failed (the failure ledger, "
+        "quarantined included), all (every record again), stale (done by an older compute "
+        "version of this kind).",
     )
     shard_index: ShardIndex = Field(
         0,
@@ -111,6 +121,19 @@ class BackfillParams(BaseModel):
     def pending_options(self) -> dict[str, str]:
         """Kind options sent as query parameters of `/pending` (none for the base kinds)."""
         return {}
+
+    def pending_filter(self, compute_version: int) -> PendingFilter:
+        """What this run asks `/pending` for; `compute_version` is the kind's current one."""
+        return PendingFilter.model_validate(
+            {
+                "mode": self.mode,
+                "compute_version": compute_version if self.mode is ReprocessMode.STALE else None,
+                "media_type": self.media_type,
+                "shard_index": self.shard_index,
+                "shard_count": self.shard_count,
+                **self.pending_options(),
+            }
+        )
 
 
 P = TypeVar("P", bound=BackfillParams)
@@ -171,6 +194,9 @@ class Backfill(Generic[P, R]):
     #: per-record failure and the chunk goes on. Return a `result_model` (or a dict of its
     #: fields), or `Planned` in a dry run.
     compute: Callable[[Job[P]], R | dict[str, Any] | Planned]
+    #: The version of `compute` (its module's `COMPUTE_VERSION`): bump it when results change.
+    #: Every result carries it; `mode=stale` redoes the records of older versions.
+    compute_version: int = 1
     #: "thread" for I/O and GIL-releasing work (hashlib, file headers, subprocesses);
     #: "process" for CPU-bound Python (librosa): a spawned process pool, one per run.
     executor: Literal["thread", "process"] = "thread"
@@ -215,7 +241,10 @@ def run_item(spec: Backfill[P, R], job: Job[P]) -> ItemOutcome:
                 value = spec.compute(replace(job, path=path))
         if isinstance(value, Planned):
             return ItemOutcome(item.record_id, planned=value.note)
-        return ItemOutcome(item.record_id, result=spec.result_model.model_validate(value))
+        result = spec.result_model.model_validate(value)
+        if "compute_version" in spec.result_model.model_fields:
+            result = result.model_copy(update={"compute_version": spec.compute_version})
+        return ItemOutcome(item.record_id, result=result)
     except MediaError as exc:
         reason = str(exc) or "unreadable media"
     except OSError as exc:

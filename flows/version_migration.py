@@ -23,7 +23,7 @@ from pydantic import Field
 
 from api.schemas import BackfillKind, MediaType, PendingItem, Version0Result, is_url
 from flows.compute.errors import MediaError
-from flows.compute.migrations import FileFacts, migrate
+from flows.compute.migrations import COMPUTE_VERSION, FileFacts, migrate
 from flows.compute.probe import probe
 from flows.engine import BackfillReport, backfill_flow, run_backfill
 from flows.media import local_media
@@ -97,6 +97,7 @@ VERSION_0 = Backfill(
     kind=BackfillKind.VERSION_0,
     result_model=Version0Result,
     compute=compute_migration,
+    compute_version=COMPUTE_VERSION,
     executor="thread",
     open_file=legacy_media,
 )

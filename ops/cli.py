@@ -270,18 +270,22 @@ def _print_report(report: BackfillReport) -> None:
 
 @app.command()
 def status() -> None:
-    """Coverage per kind: total, done, pending, failed, quarantined."""
+    """Coverage per kind (file-hashing: per algorithm): total, done, pending, failed,
+    quarantined, and the done records by compute version."""
     with cli_errors():
         settings = load_settings()
         with _client(settings) as client:
             coverage = client.coverage()
     table = Table(title=f"coverage at {settings.API_URL}")
-    for name in ("kind", "total", "done", "pending", "failed", "quarantined", "done %"):
-        table.add_column(name, justify="left" if name == "kind" else "right")
+    names = ("kind", "total", "done", "pending", "failed", "quarantined", "done %", "by version")
+    for name in names:
+        table.add_column(name, justify="left" if name in ("kind", "by version") else "right")
     for k in coverage.kinds:
         share = f"{100 * k.done / k.total:.1f}" if k.total else "-"
         values = (k.total, k.done, k.pending, k.failed, k.quarantined)
-        table.add_row(k.kind.value, *(str(v) for v in values), share)
+        name = f"{k.kind.value} ({k.algorithm})" if k.algorithm else k.kind.value
+        versions = " ".join(f"v{v}:{n}" for v, n in sorted(k.versions.items())) or "-"
+        table.add_row(name, *(str(v) for v in values), share, versions)
     console.print(table)
 
 

@@ -38,7 +38,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from api.cli import uvicorn_command
-from api.schemas import BackfillKind
+from api.schemas import BackfillKind, PendingFilter, ReprocessMode
 from flows.client import APIError
 from flows.settings import ConfigError, prefect_startup_timeout
 from ops.running import progress_bar, quiet_prefect_console, quiet_prefect_env, run_with_progress
@@ -358,7 +358,7 @@ def _failures(
     api_url: str, token: str, client: BackfillClient, kind: BackfillKind, manifest: Manifest
 ) -> list[Failure]:
     """The failure ledger of `kind`: from `GET /backfills/{kind}/failures` when the API has
-    it, else `/pending?only_failed=true` (ids, uris, attempts) with the corpus's own note on
+    it, else `/pending?mode=failed` (ids, uris, attempts) with the corpus's own note on
     why each corrupt file is corrupt."""
     response = httpx.get(
         f"{api_url}/api/v1/backfills/{kind.value}/failures",
@@ -372,7 +372,7 @@ def _failures(
             for i in response.json()["items"]
         ]
     expected = {f.uri: f.expected_error for f in manifest.files if f.corrupt}
-    page = client.pending(kind, only_failed=True, limit=1000)
+    page = client.pending(kind, where=PendingFilter(mode=ReprocessMode.FAILED), limit=1000)
     return [
         Failure(
             kind,

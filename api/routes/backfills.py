@@ -3,6 +3,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import Field
 from sqlmodel import Session
 
 from api.deps import (
@@ -27,16 +28,16 @@ from api.schemas import (
     DurationBatch,
     FailureBatch,
     FailurePage,
-    HashAlgorithm,
     HashBatch,
-    MediaType,
+    PendingFilter,
     PendingPage,
     SnrFrequencyBatch,
     Version0Batch,
 )
-from api.services.kinds import KINDS, kinds_with
+from api.services.kinds import KINDS
 from api.services.ledger import record_failures
 from api.services.work import (
+    check_filter,
     counts_need_folding,
     coverage,
     failures_page,
@@ -61,6 +62,13 @@ AfterId = Annotated[int, Query(ge=0, le=2**63 - 1)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)]
 
 
+class PendingQuery(PendingFilter):
+    """The query of `/pending`: the filter, and the keyset page."""
+
+    after_id: int = Field(0, ge=0, le=2**63 - 1)
+    limit: int = Field(100, ge=1, le=MAX_PAGE_LIMIT)
+
+
 def parse_kind(kind: str) -> BackfillKind:
     try:
         return BackfillKind(kind)
@@ -72,7 +80,8 @@ def parse_kind(kind: str) -> BackfillKind:
 def read_coverage(
     session: ReadSessionDep, writer: SessionDep, _caller: Caller, settings: SettingsDep
 ) -> Coverage:
-    """Each kind: total, done, pending, failed, quarantined."""
+    """Each kind (file-hashing: each algorithm hashed): total, done, pending, failed,
+    quarantined, and the done records by compute version."""
     result = coverage(
         session=session,
         max_attempts=settings.MAX_ATTEMPTS,
@@ -86,55 +95,29 @@ def read_coverage(
 @router.get(
     "/{kind}/pending",
     responses=errors(403, 404),
-    dependencies=[
-        known_query(
-            "after_id",
-            "limit",
-            "media_type",
-            "only_failed",
-            "algorithm",
-            "shard_index",
-            "shard_count",
-        )
-    ],
+    dependencies=[known_query(*PendingQuery.model_fields)],
 )
 def read_pending(
     session: ReadSessionDep,
     _caller: Admin,
     settings: SettingsDep,
     kind: KindPath,
-    after_id: AfterId = 0,
-    limit: Limit = 100,
-    media_type: MediaType | None = None,
-    only_failed: bool = False,
-    algorithm: Annotated[
-        HashAlgorithm | None, Query(description="file-hashing: the algorithm wanted.")
-    ] = None,
-    shard_index: Annotated[int, Query(ge=0, le=10_000)] = 0,
-    shard_count: Annotated[int, Query(ge=1, le=10_000)] = 1,
+    query: Annotated[PendingQuery, Query()],
 ) -> PendingPage:
-    """One page of work by id; pass `next_after_id` back as `after_id`."""
+    """One page of work by id; pass `next_after_id` back as `after_id`. `mode` says which
+    records: missing (default), failed, all, or stale (with `compute_version`);
+    `only_failed=true` is the deprecated spelling of `mode=failed`."""
     the_kind = parse_kind(kind)
-    filters = KINDS[the_kind].filters
-    if shard_index >= shard_count:
-        raise HTTPException(422, detail="shard_index must be less than shard_count")
-    if algorithm is not None and "algorithm" not in filters:
-        only = ", ".join(kinds_with("algorithm"))
-        raise HTTPException(422, detail=f"algorithm applies to {only} only")
-    if media_type is not None and "media_type" not in filters:
-        raise HTTPException(422, detail=f"media_type does not apply to {the_kind}")
+    where = PendingFilter.model_validate(query.model_dump(exclude={"after_id", "limit"}))
+    check_filter(the_kind, where)
     return pending_page(
         session=session,
         kind=the_kind,
-        after_id=after_id,
-        limit=limit,
+        after_id=query.after_id,
+        limit=query.limit,
         max_attempts=settings.MAX_ATTEMPTS,
         lease_seconds=settings.COMPILE_LEASE_SECONDS,
-        media_type=media_type,
-        only_failed=only_failed,
-        algorithm=algorithm,
-        shard_index=shard_index,
-        shard_count=shard_count,
+        where=where,
     )
 
 

@@ -26,6 +26,7 @@ from api.schemas import (
     BatchRequest,
     BatchResult,
     DurationResult,
+    HashAlgorithm,
     HashResult,
     SnrFrequencyResult,
     Version0Result,
@@ -198,11 +199,16 @@ def _apply_fields(
     items: Sequence[BaseModel],
     dry_run: bool,
     fields: dict[str, str],
+    version: str,
     check: Callable[[Any, Any], str | None] | None = None,
 ) -> BatchResult:
-    """Apply items that set plain media columns: `fields` maps item attribute -> column."""
+    """Apply items that set plain media columns: `fields` maps item attribute -> column, and
+    the item's `compute_version` goes to the `version` column beside them. A result of an
+    older compute version than the stored value's is refused (a stale run never undoes a
+    newer one)."""
     outcome = Outcome()
     kept = dedupe(items, outcome)
+    fields = fields | {"compute_version": version}
     columns = list(fields.values())
     extra = columns + (["sample_rate"] if check is not None else [])
     rows = lock_media(session, (i.record_id for i in kept), *extra)
@@ -215,6 +221,14 @@ def _apply_fields(
         assert row is not None
         if check is not None and (reason := check(item, row)) is not None:
             outcome.reject_invalid(rid, reason)
+            continue
+        stored_version = getattr(row, version)
+        if stored_version is not None and stored_version > item.compute_version:
+            outcome.reject(
+                rid,
+                f"the stored value is of compute version {stored_version}, newer than this "
+                f"result's {item.compute_version}",
+            )
             continue
         sent, stored = sent_values(item), stored_values(row)
         if sent == stored or all(map(_equal, stored, sent)):
@@ -235,16 +249,29 @@ def apply_durations(*, session: Session, batch: BatchRequest[DurationResult]) ->
         items=batch.items,
         dry_run=batch.dry_run,
         fields={"duration": "duration"},
+        version="duration_version",
     )
 
 
 def apply_hashes(*, session: Session, batch: BatchRequest[HashResult]) -> BatchResult:
-    return _apply_fields(
-        session=session,
-        kind=BackfillKind.FILE_HASHING,
-        items=[item.model_copy(update={"algorithm": item.algorithm.value}) for item in batch.items],
+    """Each digest goes to its algorithm's column: a record keeps one digest per algorithm."""
+    results = [
+        _apply_fields(
+            session=session,
+            kind=BackfillKind.FILE_HASHING,
+            items=[item for item in batch.items if item.algorithm is algorithm],
+            dry_run=batch.dry_run,
+            fields={"hash": algorithm.value},
+            version=f"{algorithm.value}_version",
+        )
+        for algorithm in HashAlgorithm
+        if any(item.algorithm is algorithm for item in batch.items)
+    ]
+    return BatchResult(
+        applied=sum(r.applied for r in results),
+        unchanged=sum(r.unchanged for r in results),
+        rejected=[rejection for r in results for rejection in r.rejected],
         dry_run=batch.dry_run,
-        fields={"hash": "hash", "algorithm": "hash_algorithm"},
     )
 
 
@@ -266,6 +293,7 @@ def apply_snr_frequency(
         items=batch.items,
         dry_run=batch.dry_run,
         fields={"snr": "snr", "frequency": "frequency"},
+        version="snr_version",
         check=_check_nyquist,
     )
 
@@ -290,6 +318,7 @@ def apply_version0(*, session: Session, batch: BatchRequest[Version0Result]) -> 
             outcome.reject(rid, "record not found")
             continue
         values = item.model_dump(include=set(cols)) | {"schema_version": 1}
+        values["migration_version"] = item.compute_version
         if row.schema_version != 0 and all(getattr(row, c) == values[c] for c in cols):
             outcome.unchanged.append(rid)  # upgraded to these very values already
             continue

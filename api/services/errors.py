@@ -4,6 +4,7 @@ DomainError            (status_code: the HTTP answer `api.exception_handlers` gi
 ├── NotFound           404  a referenced row does not exist
 ├── Conflict           409  the request is valid but the current state forbids it
 │   └── IdempotencyConflict  an Idempotency-Key reused with another request
+├── InvalidRequest     422  a well-formed request the kind does not take
 └── TokenError         400  a token command that cannot be done (CLI only)
 """
 
@@ -34,8 +35,21 @@ class IdempotencyConflict(Conflict):
     """The Idempotency-Key was used before with a different request."""
 
 
+class InvalidRequest(DomainError):
+    """A well-formed request that does not apply here (e.g. a filter of another kind)."""
+
+    status_code = 422
+
+
 class TokenError(DomainError):
     """A token command that cannot be done; the message says why."""
 
 
-__all__ = ["Conflict", "DomainError", "IdempotencyConflict", "NotFound", "TokenError"]
+__all__ = [
+    "Conflict",
+    "DomainError",
+    "IdempotencyConflict",
+    "InvalidRequest",
+    "NotFound",
+    "TokenError",
+]

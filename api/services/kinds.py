@@ -23,6 +23,7 @@ from api.schemas import (
     HashAlgorithm,
     HashResult,
     ProjectStatus,
+    ReprocessMode,
     SnrFrequencyResult,
     Version0Result,
 )
@@ -37,6 +38,13 @@ PROJECTS = Project.__table__  # type: ignore[attr-defined]
 Todo = Callable[[HashAlgorithm, float], ColumnElement[bool]]
 #: A coverage predicate, given the kind's `todo` rows.
 Predicate = Callable[[ColumnElement[bool]], ColumnElement[bool]]
+#: The column that holds the compute version of the kind's value (given the algorithm).
+VersionColumn = Callable[[HashAlgorithm], Any]
+
+#: Modes every kind takes; `all` and `stale` recompute done values, which only the kinds that
+#: fill plain values can (version-0 overwrites its input, clip-compile's renders are counted).
+BASIC_MODES = frozenset({ReprocessMode.MISSING, ReprocessMode.FAILED})
+ALL_MODES = frozenset(ReprocessMode)
 
 #: What `/pending` sends of a media record besides its id and revision.
 MEDIA_DETAILS = ("uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version")
@@ -58,7 +66,7 @@ class KindSpec:
     todo: Todo
     #: Rows done (coverage).
     done: Predicate
-    #: Rows that failed and are not done (coverage; `/pending?only_failed=true`).
+    #: Rows that failed and are not done (coverage; `/pending?mode=failed`).
     failed: Predicate
     #: Which failure reports it refuses, and what else a failure changes.
     refuse: Refuse = unknown_media
@@ -67,8 +75,12 @@ class KindSpec:
     #: Columns `/pending` sends besides id and revision.
     details: tuple[str, ...] = MEDIA_DETAILS
     #: Coverage from the `media_counts` counters instead of a scan: the counter of the rows in
-    #: scope and the counter of those to do (default algorithm, as `/pending`).
-    counted: tuple[str, str] | None = None
+    #: scope and the counter of those to do (given the algorithm, for file-hashing).
+    counted: Callable[[HashAlgorithm], tuple[str, str]] | None = None
+    #: Where the compute version of a done value is stored.
+    version: VersionColumn | None = None
+    #: The reprocess modes `/pending` takes for this kind.
+    modes: frozenset[ReprocessMode] = BASIC_MODES
 
 
 # Literal values, not bind parameters, in every pending predicate: the planner matches a
@@ -81,12 +93,8 @@ def _current() -> ColumnElement[bool]:
 
 
 def _hash_todo(algorithm: HashAlgorithm, _lease: float) -> ColumnElement[bool]:
-    """No hash yet, or one made with another algorithm than the one wanted (to redo)."""
-    # An enum value (letters and digits): nothing to quote.
-    wanted: ColumnElement[str] = literal_column(f"'{HashAlgorithm(algorithm).value}'")
-    return and_(
-        _current(), or_(MEDIA.c.hash.is_(None), MEDIA.c.hash_algorithm.is_distinct_from(wanted))
-    )
+    """No digest of the algorithm wanted yet (digests of other algorithms do not count)."""
+    return and_(_current(), MEDIA.c[HashAlgorithm(algorithm).value].is_(None))
 
 
 def _not_done(todo: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -102,9 +110,11 @@ def _media_kind(
     apply: Callable[..., BatchResult],
     todo: Todo,
     *,
-    counted: tuple[str, str],
+    counted: Callable[[HashAlgorithm], tuple[str, str]],
+    version: VersionColumn,
     scope: ColumnElement[bool] | None = None,
     filters: frozenset[str] = frozenset({"media_type"}),
+    modes: frozenset[ReprocessMode] = ALL_MODES,
 ) -> KindSpec:
     """A kind that fills media records (current ones unless `scope` says otherwise): done
     when no longer to do, failed when to do with a ledger row."""
@@ -118,6 +128,8 @@ def _media_kind(
         failed=_ledger_failed,
         filters=filters,
         counted=counted,
+        version=version,
+        modes=modes,
     )
 
 
@@ -139,13 +151,15 @@ KINDS: dict[BackfillKind, KindSpec] = {
         DurationResult,
         apply_durations,
         lambda _alg, _lease: and_(_current(), MEDIA.c.duration.is_(None)),
-        counted=("current_records", "duration_todo"),
+        counted=lambda _alg: ("current_records", "duration_todo"),
+        version=lambda _alg: MEDIA.c.duration_version,
     ),
     BackfillKind.FILE_HASHING: _media_kind(
         HashResult,
         apply_hashes,
         _hash_todo,
-        counted=("current_records", "hash_todo"),
+        counted=lambda alg: ("current_records", f"{HashAlgorithm(alg).value}_todo"),
+        version=lambda alg: MEDIA.c[f"{HashAlgorithm(alg).value}_version"],
         filters=frozenset({"media_type", "algorithm"}),
     ),
     BackfillKind.SNR_FREQUENCY: _media_kind(
@@ -154,15 +168,18 @@ KINDS: dict[BackfillKind, KindSpec] = {
         lambda _alg, _lease: and_(
             _current(), or_(MEDIA.c.snr.is_(None), MEDIA.c.frequency.is_(None))
         ),
-        counted=("current_records", "snr_todo"),
+        counted=lambda _alg: ("current_records", "snr_todo"),
+        version=lambda _alg: MEDIA.c.snr_version,
     ),
     # Legacy records: every record is in scope, the schema_version 0 ones are to do.
     BackfillKind.VERSION_0: _media_kind(
         Version0Result,
         apply_version0,
         lambda _alg, _lease: MEDIA.c.schema_version == literal_column("0"),
-        counted=("records", "legacy_records"),
+        counted=lambda _alg: ("records", "legacy_records"),
+        version=lambda _alg: MEDIA.c.migration_version,
         scope=true(),
+        modes=BASIC_MODES,
     ),
     BackfillKind.CLIP_COMPILE: KindSpec(
         item=ClipCompileResult,
@@ -176,6 +193,7 @@ KINDS: dict[BackfillKind, KindSpec] = {
         refuse=fail_projects,
         filters=frozenset(),
         details=(),
+        version=lambda _alg: PROJECTS.c.compile_version,
     ),
 }
 

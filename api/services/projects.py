@@ -290,7 +290,7 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         status = ProjectStatus(project.status)
         if status is ProjectStatus.COMPILED:
             output = session.get(Media, project.output_media_id)
-            if output is not None and output.hash == item.hash:
+            if output is not None and output.sha256 == item.hash:
                 outcome.unchanged.append(item.project_id)
             else:
                 outcome.reject(item.project_id, "project is already compiled")
@@ -313,7 +313,7 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
         inserted = False
         if media is None and not batch.dry_run:
             media, inserted = _insert_output(session, item, key, now)
-        if media is not None and media.hash != item.hash:
+        if media is not None and media.sha256 != item.hash:
             # Output names carry a content key: the same name with other bytes is another file.
             outcome.reject_invalid(
                 item.project_id, f"output_uri is already used by record {media.id}"
@@ -327,10 +327,11 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
             media.revision += 1
         media.sqlmodel_update(
             {
-                "hash": item.hash,
-                "hash_algorithm": "sha256",
+                "sha256": item.hash,
+                "sha256_version": media.sha256_version or 1,
                 "size_bytes": item.size_bytes,
                 "duration": item.duration,
+                "duration_version": media.duration_version or 1,
                 "updated_at": now,
             }
         )
@@ -342,6 +343,7 @@ def apply_clip_compile(*, session: Session, batch: BatchRequest[ClipCompileResul
                 "reason": None,
                 "output_media_id": media.id,
                 "thumbnail_uri": item.thumbnail_uri,
+                "compile_version": item.compute_version,
                 "revision": project.revision + 1,
                 "updated_at": now,
             }
@@ -372,10 +374,11 @@ def _insert_output(
         "uri": item.output_uri,
         "uri_key": key,
         "media_type": "video",
-        "hash": item.hash,
-        "hash_algorithm": "sha256",
+        "sha256": item.hash,
+        "sha256_version": 1,
         "size_bytes": item.size_bytes,
         "duration": item.duration,
+        "duration_version": 1,
         "schema_version": 1,
         "revision": 1,
         "created_at": now,

@@ -15,15 +15,19 @@ from api.schemas import (
     FailureRecord,
     HashAlgorithm,
     KindCoverage,
-    MediaType,
+    PendingFilter,
     PendingItem,
     PendingPage,
+    ReprocessMode,
 )
-from api.services.kinds import KINDS
+from api.services.errors import InvalidRequest
+from api.services.kinds import KINDS, KindSpec, kinds_with
 from api.services.ledger import FAILURES
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
 COUNTS = MediaCounts.__table__  # type: ignore[attr-defined]
+#: `/pending` without filters: today's missing records, every shard.
+DEFAULT_FILTER = PendingFilter()
 
 
 def pending_page(
@@ -34,24 +38,16 @@ def pending_page(
     limit: int,
     max_attempts: int,
     lease_seconds: float,
-    media_type: MediaType | None = None,
-    only_failed: bool = False,
-    algorithm: HashAlgorithm | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
+    where: PendingFilter = DEFAULT_FILTER,
 ) -> PendingPage:
-    """One page of work, by id: quarantined records only when `only_failed`."""
+    """One page of work, by id, of the records `where` selects (see `pending_query`)."""
     stmt = pending_query(
         kind=kind,
         after_id=after_id,
         limit=limit,
         max_attempts=max_attempts,
         lease_seconds=lease_seconds,
-        media_type=media_type,
-        only_failed=only_failed,
-        algorithm=algorithm,
-        shard_index=shard_index,
-        shard_count=shard_count,
+        where=where,
     )
     rows = session.execute(stmt).mappings().all()
     items = [PendingItem.model_validate({"record_id": r["id"], **r}) for r in rows[:limit]]
@@ -62,6 +58,21 @@ def pending_page(
     )
 
 
+def check_filter(kind: BackfillKind, where: PendingFilter) -> None:
+    """Refuse (422) a filter this kind does not take."""
+    spec = KINDS[kind]
+    if where.algorithm is not None and "algorithm" not in spec.filters:
+        only = ", ".join(kinds_with("algorithm"))
+        raise InvalidRequest(f"algorithm applies to {only} only")
+    if where.media_type is not None and "media_type" not in spec.filters:
+        raise InvalidRequest(f"media_type does not apply to {kind}")
+    if where.mode not in spec.modes:
+        able = ", ".join(k for k, s in KINDS.items() if where.mode in s.modes)
+        raise InvalidRequest(f"mode={where.mode} applies to {able} only")
+    if where.compute_version is not None and where.mode is not ReprocessMode.STALE:
+        raise InvalidRequest("compute_version applies to mode=stale only")
+
+
 def pending_query(
     *,
     kind: BackfillKind,
@@ -69,30 +80,38 @@ def pending_query(
     limit: int,
     max_attempts: int,
     lease_seconds: float,
-    media_type: MediaType | None = None,
-    only_failed: bool = False,
-    algorithm: HashAlgorithm | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
+    where: PendingFilter = DEFAULT_FILTER,
 ) -> Select[Any]:
-    """The query of `pending_page` (one row more than `limit`, to tell if there is a next)."""
+    """The query of `pending_page` (one row more than `limit`, to tell if there is a next).
+
+    missing: to do, not quarantined (a partial index per kind holds exactly these rows);
+    failed: to do with a ledger row, quarantined included; all: in scope, not quarantined;
+    stale: done with a value of a compute version older than `where.compute_version`."""
     spec = KINDS[kind]
     table = spec.table
-    todo = spec.todo(algorithm or HashAlgorithm.SHA256, lease_seconds)
-    if media_type is not None:
-        todo = and_(todo, MEDIA.c.media_type == media_type)
+    algorithm = where.algorithm or HashAlgorithm.SHA256
+    todo = spec.todo(algorithm, lease_seconds)
     columns = [table.c.id, table.c.revision, *(table.c[c] for c in spec.details)]
     stmt = (
         select(*columns, func.coalesce(FAILURES.c.attempts, 0).label("attempts"))
         .select_from(_with_ledger(kind))
         .where(table.c.id > after_id)
     )
-    if only_failed:
-        stmt = stmt.where(spec.failed(todo))
-    else:
-        stmt = stmt.where(todo, _not_quarantined(max_attempts))
-    if shard_count > 1:
-        stmt = stmt.where(table.c.id % shard_count == shard_index)
+    if where.media_type is not None:
+        stmt = stmt.where(MEDIA.c.media_type == where.media_type)
+    match where.mode:
+        case ReprocessMode.FAILED:
+            stmt = stmt.where(spec.failed(todo))
+        case ReprocessMode.ALL:
+            stmt = stmt.where(spec.scope, _not_quarantined(max_attempts))
+        case ReprocessMode.STALE:
+            assert spec.version is not None and where.compute_version is not None
+            older = spec.version(algorithm) < where.compute_version
+            stmt = stmt.where(spec.scope, ~todo, older, _not_quarantined(max_attempts))
+        case _:
+            stmt = stmt.where(todo, _not_quarantined(max_attempts))
+    if where.shard_count > 1:
+        stmt = stmt.where(table.c.id % where.shard_count == where.shard_index)
     return stmt.order_by(table.c.id).limit(limit + 1)
 
 
@@ -110,51 +129,97 @@ def _not_quarantined(max_attempts: int) -> ColumnElement[bool]:
 
 def coverage(*, session: Session, max_attempts: int, lease_seconds: float) -> Coverage:
     """Per kind: total in scope, done, pending (what a default run would take now), failed
-    (not done, with a failure on record) and quarantined (failed `max_attempts` times).
+    (not done, with a failure on record), quarantined (failed `max_attempts` times) and the
+    done records by compute version. file-hashing is counted per algorithm: sha256 always,
+    another algorithm once a record has its digest.
 
     Media kinds read the `media_counts` counters (one row, or a few delta rows on
-    PostgreSQL) and the failure ledger; no scan of the media table, whatever its size."""
+    PostgreSQL), the failure ledger, and the rows of versions older than the newest (an
+    index range that touches only those); no scan of the media table, whatever its size."""
     counts = _media_counts(session)
     kinds = []
     for kind, spec in KINDS.items():
         if spec.counted is None:
             kinds.append(scan_coverage(session, kind, max_attempts, lease_seconds))
             continue
-        # file-hashing counts against the default algorithm, as `/pending` does.
-        todo = spec.todo(HashAlgorithm.SHA256, lease_seconds)
-        ledger = (
-            select(func.count(), func.count().filter(FAILURES.c.attempts >= max_attempts))
-            .select_from(FAILURES.join(MEDIA, MEDIA.c.id == FAILURES.c.record_id))
-            .where(FAILURES.c.kind == kind.value, spec.scope, todo)
-        )
-        failed, quarantined = session.execute(ledger).one()
-        total, to_do = (counts[name] for name in spec.counted)
-        kinds.append(
-            KindCoverage(
-                kind=kind,
-                total=total,
-                done=total - to_do,
-                pending=to_do - quarantined,
-                failed=failed,
-                quarantined=quarantined,
+        algorithms = [HashAlgorithm.SHA256]
+        if "algorithm" in spec.filters:
+            algorithms += [a for a in HashAlgorithm if a is not HashAlgorithm.SHA256]
+        for algorithm in algorithms:
+            total, to_do = (counts[name] for name in spec.counted(algorithm))
+            if algorithm is not HashAlgorithm.SHA256 and total == to_do:
+                continue  # no digest of this algorithm yet: not listed
+            kinds.append(
+                _counted_coverage(session, kind, spec, algorithm, total, to_do, max_attempts)
             )
-        )
     return Coverage(kinds=kinds)
 
 
+def _counted_coverage(
+    session: Session,
+    kind: BackfillKind,
+    spec: KindSpec,
+    algorithm: HashAlgorithm,
+    total: int,
+    to_do: int,
+    max_attempts: int,
+) -> KindCoverage:
+    todo = spec.todo(algorithm, 0.0)
+    ledger = (
+        select(func.count(), func.count().filter(FAILURES.c.attempts >= max_attempts))
+        .select_from(FAILURES.join(MEDIA, MEDIA.c.id == FAILURES.c.record_id))
+        .where(FAILURES.c.kind == kind.value, spec.scope, todo)
+    )
+    failed, quarantined = session.execute(ledger).one()
+    done = total - to_do
+    assert spec.version is not None
+    return KindCoverage(
+        kind=kind,
+        algorithm=algorithm if "algorithm" in spec.filters else None,
+        total=total,
+        done=done,
+        pending=to_do - quarantined,
+        failed=failed,
+        quarantined=quarantined,
+        versions=versions_of(session, spec.version(algorithm), done),
+    )
+
+
+def versions_of(session: Session, column: Any, done: int) -> dict[int, int]:
+    """Done records by compute version: the newest version stored (MAX over the column's
+    index), the rows of each older one counted over an index range that reads only them,
+    and the rest (done minus those) counted as the newest."""
+    newest = session.execute(select(func.max(column))).scalar() or 1
+    older = session.execute(
+        select(column, func.count()).where(column < newest).group_by(column).order_by(column)
+    ).all()
+    versions = {int(version): int(n) for version, n in older}
+    current = done - sum(versions.values())
+    if current > 0:
+        versions[int(newest)] = current
+    return versions
+
+
 def scan_coverage(
-    session: Session, kind: BackfillKind, max_attempts: int, lease_seconds: float
+    session: Session,
+    kind: BackfillKind,
+    max_attempts: int,
+    lease_seconds: float,
+    algorithm: HashAlgorithm | None = None,
 ) -> KindCoverage:
     """One kind's coverage counted over its table (clip-compile's few projects; the reference
     the counters are tested against)."""
     spec = KINDS[kind]
-    todo = spec.todo(HashAlgorithm.SHA256, lease_seconds)
+    if algorithm is None and "algorithm" in spec.filters:
+        algorithm = HashAlgorithm.SHA256
+    todo = spec.todo(algorithm or HashAlgorithm.SHA256, lease_seconds)
     failed = spec.failed(todo)
     quarantined = and_(failed, FAILURES.c.attempts >= max_attempts)
+    done = spec.done(todo)
     stmt = (
         select(
             func.count().label("total"),
-            func.count().filter(spec.done(todo)).label("done"),
+            func.count().filter(done).label("done"),
             func.count().filter(and_(todo, _not_quarantined(max_attempts))).label("pending"),
             func.count().filter(failed).label("failed"),
             func.count().filter(quarantined).label("quarantined"),
@@ -162,7 +227,18 @@ def scan_coverage(
         .select_from(_with_ledger(kind))
         .where(spec.scope)
     )
-    return KindCoverage(kind=kind, **session.execute(stmt).one()._asdict())
+    counted = session.execute(stmt).one()._asdict()
+    versions: dict[int, int] = {}
+    if spec.version is not None:
+        column = spec.version(algorithm or HashAlgorithm.SHA256)
+        by_version = (
+            select(func.coalesce(column, 1), func.count())
+            .select_from(spec.table)
+            .where(spec.scope, done)
+            .group_by(func.coalesce(column, 1))
+        )
+        versions = {int(v): int(n) for v, n in session.execute(by_version).all()}
+    return KindCoverage(kind=kind, algorithm=algorithm, versions=versions, **counted)
 
 
 #: The counters of `media_counts`.
@@ -171,7 +247,10 @@ COUNTERS = (
     "current_records",
     "legacy_records",
     "duration_todo",
-    "hash_todo",
+    "sha256_todo",
+    "blake2b_todo",
+    "sha1_todo",
+    "md5_todo",
     "snr_todo",
 )
 #: Delta rows (PostgreSQL) past which a coverage read folds them into one.

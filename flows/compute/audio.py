@@ -59,6 +59,10 @@ from flows.compute.probe import (
     wav_sample_format,
 )
 
+#: The compute version of snr-frequency (stored beside each value it makes): bump it when
+#: results change; `backfill run snr-frequency --mode stale` then redoes the older records.
+COMPUTE_VERSION = 1
+
 #: Seconds of audio read per block (a block costs 8 bytes per sample and channel: the read
 #: buffer and the staging buffer that also holds the overlap carry).
 DEFAULT_BLOCK_SECONDS = 2.0

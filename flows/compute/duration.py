@@ -6,6 +6,10 @@ from pathlib import Path
 
 from flows.compute.probe import probe
 
+#: The compute version of media-duration (stored beside each value it makes): bump it when
+#: results change; `backfill run media-duration --mode stale` then redoes the older records.
+COMPUTE_VERSION = 1
+
 
 def media_duration(path: Path) -> float:
     """Seconds of media in the file at `path`, at full precision.

@@ -21,6 +21,10 @@ from typing import Protocol
 
 from flows.compute.errors import MediaError, read_error, stat_regular_file
 
+#: The compute version of file-hashing (stored beside each value it makes): bump it when
+#: results change; `backfill run file-hashing --mode stale` then redoes the older records.
+COMPUTE_VERSION = 1
+
 #: Algorithms accepted (the wire contract's `HashAlgorithm` values).
 ALGORITHMS: frozenset[str] = frozenset({"md5", "sha1", "sha256", "blake2b"})
 #: Bytes read per chunk.

@@ -25,6 +25,10 @@ from api.schemas import CURRENT_SCHEMA_VERSION, is_url
 from flows.compute.errors import MediaError
 from flows.compute.probe import MediaInfo
 
+#: The compute version of version-0 (stored beside each value it makes): bump it when
+#: results change (coverage counts records per version; this kind takes no stale mode).
+COMPUTE_VERSION = 1
+
 #: A record's fields at some schema version: `uri`, `media_type`, ..., `schema_version`.
 Fields = dict[str, Any]
 

@@ -41,6 +41,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from flows.compute.errors import MediaError
 from flows.compute.leftovers import GRACE_SECONDS, claim, sweep
 
+#: The compute version of clip-compile (stored beside each value it makes): bump it when
+#: results change (coverage counts records per version; this kind takes no stale mode).
+COMPUTE_VERSION = 1
+
 #: ffmpeg prints container durations with 10 ms resolution; a span may overshoot by this.
 SPAN_TOLERANCE_S = 0.02
 #: Sample rate of the output audio track (moviepy decodes every source to stereo at this rate).

@@ -81,7 +81,13 @@ def test_hash_batch_validates_digest_length(client: httpx.Client) -> None:
         assert client.post("/backfills/file-hashing", json={"items": [bad]}).status_code == 422
     md5 = {"record_id": rid, "hash": hashlib.md5(b"x").hexdigest(), "algorithm": "md5"}
     assert client.post("/backfills/file-hashing", json={"items": [md5]}).json()["applied"] == 1
-    assert client.get(f"/media/{rid}").json()["hash_algorithm"] == "md5"
+    record = client.get(f"/media/{rid}").json()
+    # One digest per algorithm: the md5 joins the sha256, which `hash` still shows.
+    assert record["digests"] == {
+        "sha256": {"digest": sha(b"x"), "compute_version": 1},
+        "md5": {"digest": md5["hash"], "compute_version": 1},
+    }
+    assert (record["hash"], record["hash_algorithm"]) == (sha(b"x"), "sha256")
 
 
 def test_hash_pending_by_algorithm(client: httpx.Client) -> None:
@@ -274,7 +280,7 @@ def test_audit_row_per_batch(client: httpx.Client, database_url: str) -> None:
     assert [tuple(r) for r in rows] == [("admin", "media-duration", 1, "run-123", False)]
 
 
-def test_failures_quarantine_and_only_failed(client: httpx.Client) -> None:
+def test_failures_quarantine_and_mode_failed(client: httpx.Client) -> None:
     ids = register(client, 3)
     fail = {"items": [{"record_id": ids[0], "error": "corrupt header"}]}
     for attempt in range(1, 4):
@@ -283,16 +289,21 @@ def test_failures_quarantine_and_only_failed(client: httpx.Client) -> None:
         assert cov["failed"] == 1 and cov["quarantined"] == (1 if attempt >= 3 else 0)
     pending = client.get("/backfills/media-duration/pending").json()
     assert [i["record_id"] for i in pending["items"]] == ids[1:]
-    failed = client.get("/backfills/media-duration/pending", params={"only_failed": True}).json()
+    failed = client.get("/backfills/media-duration/pending", params={"mode": "failed"}).json()
     assert [(i["record_id"], i["attempts"]) for i in failed["items"]] == [(ids[0], 3)]
+    # The deprecated spelling still works.
+    alias = client.get("/backfills/media-duration/pending", params={"only_failed": True}).json()
+    assert alias == failed
     cov = coverage(client, "media-duration")
     assert cov == {
         "kind": "media-duration",
+        "algorithm": None,
         "total": 3,
         "done": 0,
         "pending": 2,
         "failed": 1,
         "quarantined": 1,
+        "versions": {},
     }
     # Success clears the ledger.
     client.post(

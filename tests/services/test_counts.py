@@ -1,6 +1,6 @@
 """Coverage from the `media_counts` counters equals a count over the table after every kind of
 write (registration, each kind's batch, failures, clip compile, deletes), and the pending
-predicates are the partial indexes' (`api.models.TODO_WHERE`, copied in migration 0002)."""
+predicates are the partial indexes' (`api.models.TODO_WHERE`, copied in migration 0003)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, text
 from sqlmodel import Session
 
-from api.models import TODO_WHERE, Media, todo_where, uri_key, utcnow
+from api.models import TODO_WHERE, Media, uri_key, utcnow
 from api.schemas import (
     BackfillKind,
     BatchRequest,
@@ -24,6 +24,7 @@ from api.schemas import (
     HashBatch,
     HashResult,
     MediaIn,
+    PendingFilter,
     SnrFrequencyBatch,
     SnrFrequencyResult,
     Version0Batch,
@@ -44,7 +45,18 @@ LEASE = 3600.0
 
 
 def scanned(session: Session) -> Coverage:
-    return Coverage(kinds=[scan_coverage(session, kind, MAX_ATTEMPTS, LEASE) for kind in KINDS])
+    """Coverage by scans; file-hashing per algorithm, listed as `coverage` lists them (sha256
+    always, another algorithm once some record has its digest)."""
+    kinds = []
+    for kind in KINDS:
+        if kind is not BackfillKind.FILE_HASHING:
+            kinds.append(scan_coverage(session, kind, MAX_ATTEMPTS, LEASE))
+            continue
+        for algorithm in (HashAlgorithm.SHA256, *(a for a in HashAlgorithm if a != "sha256")):
+            found = scan_coverage(session, kind, MAX_ATTEMPTS, LEASE, algorithm)
+            if algorithm is HashAlgorithm.SHA256 or found.done:
+                kinds.append(found)
+    return Coverage(kinds=kinds)
 
 
 def check(session: Session) -> dict[str, tuple[int, ...]]:
@@ -55,7 +67,13 @@ def check(session: Session) -> dict[str, tuple[int, ...]]:
     session.commit()
     assert by_counters == by_scan
     return {
-        k.kind.value: (k.total, k.done, k.pending, k.failed, k.quarantined)
+        k.kind.value + (f"/{k.algorithm}" if k.algorithm else ""): (
+            k.total,
+            k.done,
+            k.pending,
+            k.failed,
+            k.quarantined,
+        )
         for k in by_counters.kinds
     }
 
@@ -96,8 +114,10 @@ def test_counts_follow_every_kind_of_write(session: Session) -> None:
             ]
         ),
     )
-    assert check(session)["file-hashing"] == (6, 1, 5, 0, 0)  # md5 is still to do (sha256)
-    apply_hashes(  # sha256 over md5, and md5 over sha256
+    figures = check(session)  # one digest per algorithm, each counted by itself
+    assert (figures["file-hashing/sha256"], figures["file-hashing/md5"]) == ((6, 1, 5, 0, 0),) * 2
+    assert "file-hashing/blake2b" not in figures  # no blake2b digest yet: not listed
+    apply_hashes(  # sha256 beside md5, and md5 beside sha256: both kept
         session=session,
         batch=HashBatch(
             items=[
@@ -106,7 +126,8 @@ def test_counts_follow_every_kind_of_write(session: Session) -> None:
             ]
         ),
     )
-    assert check(session)["file-hashing"] == (6, 1, 5, 0, 0)
+    figures = check(session)
+    assert (figures["file-hashing/sha256"], figures["file-hashing/md5"]) == ((6, 2, 4, 0, 0),) * 2
 
     apply_snr_frequency(
         session=session,
@@ -194,32 +215,35 @@ def test_folding_keeps_the_counts(session: Session) -> None:
 
 
 def test_migration_copies_the_pending_predicates() -> None:
-    path = ROOT / "api/migrations/versions/0002_pending_indexes_and_counts.py"
-    spec = importlib.util.spec_from_file_location("migration_0002", path)
+    path = ROOT / "api/migrations/versions/0003_compute_versions_and_digests.py"
+    spec = importlib.util.spec_from_file_location("migration_0003", path)
     assert spec is not None and spec.loader is not None
     migration = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(migration)
-    for kind in TODO_WHERE:
-        for dialect in ("sqlite", "postgresql"):
-            assert migration.todo(kind.replace("-", "_"), dialect) == todo_where(kind, dialect)
+    assert {name.replace("-", "_") for name in TODO_WHERE} == set(migration.TODO)
+    for name, predicate in TODO_WHERE.items():
+        assert migration.todo(name.replace("-", "_")) == predicate
 
 
 @pytest.mark.parametrize(
-    "kind",
+    ("kind", "algorithm"),
     [
-        BackfillKind.MEDIA_DURATION,
-        BackfillKind.FILE_HASHING,
-        BackfillKind.SNR_FREQUENCY,
-        BackfillKind.VERSION_0,
+        (BackfillKind.MEDIA_DURATION, None),
+        (BackfillKind.FILE_HASHING, None),
+        (BackfillKind.FILE_HASHING, HashAlgorithm.BLAKE2B),
+        (BackfillKind.FILE_HASHING, HashAlgorithm.MD5),
+        (BackfillKind.SNR_FREQUENCY, None),
+        (BackfillKind.VERSION_0, None),
     ],
 )
 def test_a_page_of_pending_work_reads_the_partial_index(
-    session: Session, kind: BackfillKind
+    session: Session, kind: BackfillKind, algorithm: HashAlgorithm | None
 ) -> None:
-    """2,000 records, 99 % done for every kind: the planner reads the kind's partial index."""
+    """2,000 records, 99 % done for every kind (and every hash algorithm): the planner reads
+    the kind's partial index (file-hashing: the algorithm's)."""
     now = utcnow()
-    done = {"duration": 1.0, "hash": "ab" * 32, "hash_algorithm": "sha256", "snr": 1.0}
-    done |= {"frequency": 1.0}
+    done = {"duration": 1.0, "snr": 1.0, "frequency": 1.0}
+    done |= {"sha256": "ab" * 32, "blake2b": "ab" * 64, "sha1": "ab" * 20, "md5": "ab" * 16}
     legacy = dict.fromkeys(done)
     session.execute(
         insert(MEDIA),
@@ -240,12 +264,22 @@ def test_a_page_of_pending_work_reads_the_partial_index(
     session.commit()
     dialect = session.get_bind().dialect
     session.execute(text("ANALYZE"))
-    stmt = pending_query(kind=kind, after_id=0, limit=100, max_attempts=3, lease_seconds=LEASE)
+    stmt = pending_query(
+        kind=kind,
+        after_id=0,
+        limit=100,
+        max_attempts=3,
+        lease_seconds=LEASE,
+        where=PendingFilter(algorithm=algorithm),
+    )
     sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     explain = "EXPLAIN QUERY PLAN " if dialect.name == "sqlite" else "EXPLAIN "
     plan = " ".join(str(row) for row in session.execute(text(explain + sql)))
     session.commit()
-    wanted = {f"ix_media_todo_{kind.value.replace('-', '_')}"}
+    name = kind.value.replace("-", "_")
+    if kind is BackfillKind.FILE_HASHING:
+        name += f"_{algorithm or 'sha256'}"
+    wanted = {f"ix_media_todo_{name}"}
     if kind is BackfillKind.VERSION_0:  # the schema_version index reads only those rows too
         wanted.add("ix_media_schema_version")
     assert any(index in plan for index in wanted), plan

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from api.schemas import BackfillKind, FailureBatch, FailureItem, Rejection
+from api.schemas import (
+    BackfillKind,
+    FailureBatch,
+    FailureItem,
+    PendingFilter,
+    Rejection,
+    ReprocessMode,
+)
 from api.services.batches import apply_durations
 from api.services.kinds import KINDS
 from api.services.ledger import record_failures
@@ -44,19 +51,23 @@ def test_quarantined_record_leaves_pending_until_asked_for(session: Session) -> 
     for _ in range(3):
         fail(session, quarantined)
     pages = {
-        only_failed: pending_page(
+        mode: pending_page(
             session=session,
             kind=KIND,
             after_id=0,
             limit=10,
             max_attempts=3,
             lease_seconds=60,
-            only_failed=only_failed,
+            where=PendingFilter(mode=mode),
         )
-        for only_failed in (False, True)
+        for mode in ReprocessMode
+        if mode is not ReprocessMode.STALE
     }
-    assert [i.record_id for i in pages[False].items] == [fine]
-    assert [(i.record_id, i.attempts) for i in pages[True].items] == [(quarantined, 3)]
+    assert [i.record_id for i in pages[ReprocessMode.MISSING].items] == [fine]
+    assert [(i.record_id, i.attempts) for i in pages[ReprocessMode.FAILED].items] == [
+        (quarantined, 3)
+    ]
+    assert [i.record_id for i in pages[ReprocessMode.ALL].items] == [fine]
 
 
 def test_applied_value_clears_the_ledger(session: Session) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from api.schemas import BackfillKind, HashAlgorithm
+from api.schemas import BackfillKind, HashAlgorithm, PendingFilter
 from api.services.kinds import KINDS
 from api.services.work import coverage, pending_page
 from tests.services.utils import add_media, add_project
@@ -16,7 +16,7 @@ def test_every_kind_is_declared_once_in_order() -> None:
 
 def test_coverage_counts_each_kind(session: Session) -> None:
     add_media(session, 2)
-    add_media(session, 1, prefix="timed", duration=1.0, hash="a" * 64, hash_algorithm="sha256")
+    add_media(session, 1, prefix="timed", duration=1.0, sha256="a" * 64)
     add_media(session, 1, prefix="legacy", schema_version=0)
     add_project(session)  # its clip is one more current record
     kinds = {
@@ -32,9 +32,11 @@ def test_coverage_counts_each_kind(session: Session) -> None:
     }
 
 
-def test_pending_file_hashing_redoes_another_algorithm(session: Session) -> None:
-    [md5] = add_media(session, 1, hash="a" * 32, hash_algorithm="md5")
-    [sha] = add_media(session, 1, prefix="sha", hash="b" * 64, hash_algorithm="sha256")
+def test_pending_file_hashing_is_per_algorithm(session: Session) -> None:
+    """A record is pending for each algorithm it has no digest of; the others are kept."""
+    [md5] = add_media(session, 1, md5="a" * 32)
+    [sha] = add_media(session, 1, prefix="sha", sha256="b" * 64)
+    add_media(session, 1, prefix="both", sha256="b" * 64, md5="a" * 32)
 
     def pending(algorithm: HashAlgorithm | None) -> list[int]:
         page = pending_page(
@@ -44,7 +46,7 @@ def test_pending_file_hashing_redoes_another_algorithm(session: Session) -> None
             limit=10,
             max_attempts=3,
             lease_seconds=60,
-            algorithm=algorithm,
+            where=PendingFilter(algorithm=algorithm),
         )
         return [item.record_id for item in page.items]
 
