@@ -342,6 +342,11 @@ def test_pending_pages_shards_and_filters(client: httpx.Client) -> None:
         {"shard_index": 3, "shard_count": 3},
         {"limit": 0},
         {"algorithm": "md5"},
+        {"mode": "sometimes"},
+        {"mode": "stale"},  # needs compute_version
+        {"mode": "missing", "compute_version": 2},  # stale only
+        {"mode": "stale", "compute_version": 0},
+        {"only_failed": True, "mode": "all"},
     ]:
         assert client.get("/backfills/media-duration/pending", params=params).status_code == 422
     assert client.get("/backfills/nope/pending").status_code == 404
@@ -354,11 +359,13 @@ def test_coverage_after_each_step(client: httpx.Client) -> None:
     client.post("/media", json={"items": [{"uri": "/legacy/q.wav", "schema_version": 0}]})
     assert coverage(client, "media-duration") | {"kind": None} == {
         "kind": None,
+        "algorithm": None,
         "total": 4,
         "done": 0,
         "pending": 4,
         "failed": 0,
         "quarantined": 0,
+        "versions": {},
     }
     assert coverage(client, "version-0")["pending"] == 1
     client.post(
@@ -367,6 +374,7 @@ def test_coverage_after_each_step(client: httpx.Client) -> None:
     )
     assert coverage(client, "media-duration")["done"] == 3
     assert coverage(client, "media-duration")["pending"] == 1
+    assert coverage(client, "media-duration")["versions"] == {"1": 3}
     assert coverage(client, "file-hashing")["pending"] == 4
 
 

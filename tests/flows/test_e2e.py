@@ -76,13 +76,15 @@ def test_file_hashing_fills_every_record(client_env: LiveApi, media_root: Path) 
     again = file_hashing(batch_size=3)
     assert again.processed == 0 and again.status == "completed"
 
-    # Another algorithm makes every record pending again.
+    # Another algorithm has its own pending work; the sha256 digests stay.
     md5 = file_hashing(algorithm=HashAlgorithm.MD5)
     assert md5.applied == 8
     for record in records(client_env):
-        path = media_root / record.uri
-        assert record.hash == hashlib.md5(path.read_bytes()).hexdigest()
-        assert record.hash_algorithm == "md5"
+        data = (media_root / record.uri).read_bytes()
+        assert record.digests[HashAlgorithm.MD5].digest == hashlib.md5(data).hexdigest()
+        assert record.hash == hashlib.sha256(data).hexdigest()
+        assert record.hash_algorithm == "sha256"
+    assert file_hashing().processed == 0
 
 
 def test_media_duration_fills_durations(client_env: LiveApi, media_root: Path) -> None:
