@@ -42,10 +42,12 @@ class FakeApi:
             "http://fake.test", "token", transport=httpx.MockTransport(self.handle), **kwargs
         )
 
-    def is_pending(self, rid: int, only_failed: bool) -> bool:
+    def is_pending(self, rid: int, mode: str) -> bool:
+        if mode == "all":
+            return self.attempts[rid] < MAX_ATTEMPTS
         if rid in self.values:
             return False
-        if only_failed:
+        if mode == "failed":
             return self.attempts[rid] > 0
         return self.attempts[rid] < MAX_ATTEMPTS
 
@@ -91,12 +93,12 @@ class FakeApi:
             params = dict(request.url.params)
             self.pages.append(params)
             after, limit = int(params.get("after_id", 0)), int(params.get("limit", 100))
-            only_failed = params.get("only_failed") == "true"
+            mode = params.get("mode", "missing")
             count, index = int(params.get("shard_count", 1)), int(params.get("shard_index", 0))
             ids = [
                 r
                 for r in sorted(self.uris)
-                if r > after and r % count == index and self.is_pending(r, only_failed)
+                if r > after and r % count == index and self.is_pending(r, mode)
             ]
             limit = min(limit, self.page_cap)
             page = ids[:limit]
@@ -118,6 +120,8 @@ class FakeApi:
             applied, unchanged, rejected = 0, 0, []
             for item in body["items"]:
                 rid = item.pop("record_id")
+                # Every result carries its compute version; the fake keeps only the values.
+                assert item.pop("compute_version") >= 1
                 if rid not in self.uris:
                     rejected.append({"record_id": rid, "reason": "record not found"})
                 elif self.values.get(rid) == item:

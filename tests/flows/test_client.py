@@ -20,7 +20,9 @@ from api.schemas import (
     FailureItem,
     HashAlgorithm,
     HashResult,
+    PendingFilter,
     ProjectCreate,
+    ReprocessMode,
 )
 from flows.client import (
     MAX_RETRY_DELAY,
@@ -85,7 +87,7 @@ def test_sends_bearer_token_and_flow_run_id(router: respx.Router, sleeps: Sleeps
     route = router.get("/backfills/media-duration/pending").respond(json=PAGE)
     client = make_client(router, sleeps, flow_run_id="run-42")
 
-    page = client.pending(BackfillKind.MEDIA_DURATION, after_id=7, limit=50, shard_count=1)
+    page = client.pending(BackfillKind.MEDIA_DURATION, after_id=7, limit=50)
 
     assert page.items == [] and page.next_after_id is None
     request = route.calls.last.request
@@ -102,24 +104,28 @@ def test_pending_sends_filters_shards_and_kind_options(
     )
     client = make_client(router, sleeps)
 
-    client.pending(
-        BackfillKind.FILE_HASHING,
+    where = PendingFilter(
+        mode=ReprocessMode.STALE,
+        compute_version=2,
         media_type="audio",
-        only_failed=True,
+        algorithm=HashAlgorithm.MD5,
         shard_index=1,
         shard_count=3,
-        options={"algorithm": "md5"},
     )
+    client.pending(BackfillKind.FILE_HASHING, where=where)
 
     assert dict(route.calls.last.request.url.params) == {
         "after_id": "0",
         "limit": "1000",
+        "mode": "stale",
+        "compute_version": "2",
         "media_type": "audio",
-        "only_failed": "true",
+        "algorithm": "md5",
         "shard_index": "1",
         "shard_count": "3",
-        "algorithm": "md5",
     }
+    client.pending(BackfillKind.FILE_HASHING)  # the defaults are not sent
+    assert dict(route.calls.last.request.url.params) == {"after_id": "0", "limit": "1000"}
     assert "X-Prefect-Flow-Run-Id" not in route.calls.last.request.headers
 
 
@@ -415,7 +421,10 @@ def test_timeout_after_the_server_applied_is_replayed_with_the_same_key(
     assert first.headers["Idempotency-Key"].startswith("bf-")
     assert first.content == second.content
     assert json.loads(first.content) == {
-        "items": [{"record_id": 1, "duration": 1.5}, {"record_id": 2, "duration": 2.0}],
+        "items": [
+            {"record_id": 1, "compute_version": 1, "duration": 1.5},
+            {"record_id": 2, "compute_version": 1, "duration": 2.0},
+        ],
         "dry_run": False,
     }
 

@@ -26,6 +26,7 @@ from api.schemas import (
     ProjectPublic,
     ProjectStatus,
     ProjectStatusUpdate,
+    ReprocessMode,
 )
 from flows.client import APIConnectionError, BackfillClient
 from flows.clip_compile import clip_compile
@@ -267,14 +268,14 @@ def test_clip_compile_failures_carry_their_reason_and_render_nothing(
     assert usage_rows(client_env) == {}
 
 
-def test_clip_compile_only_failed_reprocesses_the_failures(
+def test_clip_compile_mode_failed_reprocesses_the_failures(
     client_env: LiveApi, media_root: Path, failing: dict[str, int]
 ) -> None:
     assert clip_compile().failed == 2
     # Put the missing clip back and reprocess the failures: it compiles, the quota still bites.
     write_video(media_root / "videos/gone.mp4", seconds=1.0)
 
-    retried = clip_compile(only_failed=True)
+    retried = clip_compile(mode=ReprocessMode.FAILED)
 
     assert (retried.processed, retried.applied, retried.failed) == (2, 1, 1)
     assert read_project(client_env, failing["missing"]).status is ProjectStatus.COMPILED

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prefect.logging import disable_run_logger
 
-from api.schemas import BackfillKind, DurationResult, PendingItem
+from api.schemas import BackfillKind, DurationResult, PendingItem, ReprocessMode
 from flows.client import BackfillClient
 from flows.compute.errors import MediaError
 from flows.engine import (
@@ -266,16 +266,19 @@ def test_bad_items_are_failures_and_the_run_completes(use: Any) -> None:
     assert api.attempts == {9: 1, 10: 1}
 
 
-def test_only_failed_reprocesses_the_ledger(use: Any) -> None:
+def test_mode_failed_reprocesses_the_ledger(use: Any) -> None:
     uris = ok_records(6) | {7: "corrupt/a.wav"}
     api = use(FakeApi(KIND, uris))
     fake_backfill()
     api.uris[7] = "ok/7.5"  # the file was repaired
 
-    report = fake_backfill(only_failed=True)
+    report = fake_backfill(mode=ReprocessMode.FAILED)
 
     assert report.processed == 1 and api.values[7] == {"duration": 7.5}
-    assert api.pages[-1]["only_failed"] == "true"
+    assert api.pages[-1]["mode"] == "failed"
+    # mode=all takes every record again, done or not.
+    assert fake_backfill(mode=ReprocessMode.ALL).processed == 7
+    assert "compute_version" not in api.pages[-1]
 
 
 def test_failure_ratio_fails_the_run_with_a_report(use: Any) -> None:

@@ -16,7 +16,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 
-from api.schemas import MediaIn
+from api.schemas import MediaIn, ReprocessMode
 from flows.client import BackfillClient
 from flows.engine import BackfillFailed
 from flows.file_hashing import file_hashing
@@ -105,5 +105,5 @@ def test_failure_ratio(client_env: LiveApi, lines: Lines, media_root: Path) -> N
     )
     # Called directly, the flow still raises with its report.
     with pytest.raises(BackfillFailed) as failed:
-        file_hashing(max_failure_ratio=0.5, only_failed=True)
+        file_hashing(max_failure_ratio=0.5, mode=ReprocessMode.FAILED)
     assert failed.value.report.failed == 3
