@@ -82,7 +82,7 @@ def test_custom_run_from_the_ui_form(
                 dry_run.click()
                 page.wait_for_timeout(300)
             expect(dry_run).to_have_attribute("aria-checked", "true")
-            for described in ("batch_size", "limit", "dry_run", "only_failed"):
+            for described in ("batch_size", "limit", "dry_run", "mode"):
                 assert field(page, described).locator(".schema-form-property__description")
 
             page.screenshot(path=str(screenshot), full_page=True, animations="disabled")

@@ -29,9 +29,7 @@ from tests.deploy.conftest import (
 
 DRY_RUN = "uv run prefect deployment run 'file-hashing/nightly' --param limit=100 --param dry_run=true --watch"
 RUN = "uv run prefect deployment run 'file-hashing/nightly' --param max_failure_ratio=0.5 --watch"
-ONLY_FAILED = (
-    "uv run prefect deployment run 'file-hashing/nightly' --param only_failed=true --watch"
-)
+ONLY_FAILED = "uv run prefect deployment run 'file-hashing/nightly' --param mode=failed --watch"
 SLOW_RUN = "uv run prefect deployment run 'file-hashing/nightly' --param batch_size=1 --param concurrency=1 --watch"
 
 #: Every command these tests run, as docs/operations.md must show it.
@@ -78,7 +76,7 @@ def test_deploy_all_creates_the_nightly_deployments(deployed: Deployed) -> None:
         # The UI's run form: every parameter typed, described, and enforced.
         assert deployment.enforce_parameter_schema
         properties = deployment.parameter_openapi_schema["properties"]
-        for parameter in ("batch_size", "limit", "dry_run", "only_failed", "shard_count"):
+        for parameter in ("batch_size", "limit", "dry_run", "mode", "shard_count"):
             assert properties[parameter]["description"], (name, parameter)
         assert properties["dry_run"]["type"] == "boolean"
         assert properties["batch_size"]["type"] == "integer"
@@ -86,7 +84,7 @@ def test_deploy_all_creates_the_nightly_deployments(deployed: Deployed) -> None:
     assert len(set(crons)) == len(crons), "nightly runs are staggered"
 
 
-def test_runs_from_the_shell_dry_run_then_real_then_only_failed(
+def test_runs_from_the_shell_dry_run_then_real_then_mode_failed(
     prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
 ) -> None:
     deploy_api.reset()

@@ -61,7 +61,7 @@ def test_shard_parameters_are_the_parents_as_one_shard() -> None:
         "limit": 3,
         "dry_run": True,
         "media_type": None,
-        "only_failed": False,
+        "mode": "missing",
         "shard_index": 2,
         "shard_count": 3,
         "shards": 1,
