@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shlex
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import flows.media_duration
+import ops.cli
 from api.schemas import (
     BackfillKind,
     HashAlgorithm,
@@ -19,7 +22,8 @@ from api.schemas import (
 )
 from flows.file_hashing import file_hashing
 from flows.media_duration import MEDIA_DURATION, media_duration
-from tests.conftest import LiveApi
+from ops.cli import app
+from tests.conftest import ROOT, LiveApi
 from tests.flows.conftest import write_wav
 from tests.flows.test_e2e import api_client, random_files, records, register
 
@@ -109,3 +113,43 @@ def test_each_algorithm_keeps_its_own_digest(client_env: LiveApi, media_root: Pa
             HashAlgorithm.BLAKE2B: hashlib.blake2b(data).hexdigest(),
         }
         assert record.hash == hashlib.sha256(data).hexdigest()
+
+
+def test_the_operations_commands_do_what_the_section_says(
+    client_env: LiveApi, media_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `# tested` command lines of docs/operations.md, "Reprocess modes and compute
+    versions", run as written (in this process, so the version bump is a monkeypatch)."""
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    text = (ROOT / "docs/operations.md").read_text()
+    section = text.split("## Reprocess modes and compute versions", 1)[1].split("\n## ", 1)[0]
+    tested = [line.split("#")[0].strip() for line in section.splitlines() if "# tested" in line]
+    assert tested == [
+        "uv run backfill run media-duration --mode stale",
+        "uv run backfill run file-hashing -p algorithm=blake2b",
+    ]
+    stale, blake = (shlex.split(line)[3:] for line in tested)  # after `uv run backfill`
+    paths = [media_root / f"d/{i}.wav" for i in range(3)]
+    for path in paths:
+        write_wav(path, frames=4000)
+    register(client_env, media_root, paths, "audio")
+    media_duration()
+    monkeypatch.setattr(
+        flows.media_duration,
+        "MEDIA_DURATION",
+        dataclasses.replace(MEDIA_DURATION, compute_version=2),
+    )
+    cli = CliRunner()
+
+    ran = cli.invoke(app, stale)
+    assert ran.exit_code == 0, ran.output
+    assert kinds(client_env, BackfillKind.MEDIA_DURATION)[None].versions == {2: 3}
+    ran = cli.invoke(app, blake)
+    assert ran.exit_code == 0, ran.output
+    cov = kinds(client_env, BackfillKind.FILE_HASHING)
+    assert (cov[HashAlgorithm.SHA256].done, cov[HashAlgorithm.BLAKE2B].done) == (0, 3)
+
+    monkeypatch.setattr(ops.cli.console, "width", 200)  # one line per row
+    status = cli.invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    assert "file-hashing (blake2b)" in status.stdout and "v2:3" in status.stdout
