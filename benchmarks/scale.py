@@ -45,15 +45,17 @@ from benchmarks.pg import Unavailable, postgres
 
 #: Every record but these is done for every media kind; `% 100 == 50` is a legacy record.
 FILL = """
-INSERT INTO media (uri, uri_key, media_type, size_bytes, duration, hash, hash_algorithm, snr,
-                   frequency, sample_rate, channels, schema_version, revision, created_at,
-                   updated_at)
+INSERT INTO media (uri, uri_key, media_type, size_bytes, duration, duration_version, sha256,
+                   sha256_version, snr, frequency, snr_version, sample_rate, channels,
+                   schema_version, revision, created_at, updated_at)
 SELECT 'scale/' || i || '.wav', {key}, 'audio', 1000 + i,
        CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE 1.0 END,
+       CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE 1 END,
        CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE '{hash}' END,
-       CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE 'sha256' END,
+       CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE 1 END,
        CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE 10.0 END,
        CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE 440.0 END,
+       CASE WHEN i % 100 IN (0, 50) THEN NULL ELSE 1 END,
        44100, 1, CASE WHEN i % 100 = 50 THEN 0 ELSE 1 END, 1, :now, :now
 FROM {series}
 """

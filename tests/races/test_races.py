@@ -337,8 +337,8 @@ def test_coverage_counts_exact_under_concurrent_writes(race: Race) -> None:
             conn.execute(
                 text(
                     "INSERT INTO media_counts (records, current_records, legacy_records,"
-                    " duration_todo, hash_todo, snr_todo)"
-                    " SELECT 0, 0, 0, 0, 0, 0 FROM generate_series(1, 300)"
+                    " duration_todo, sha256_todo, blake2b_todo, sha1_todo, md5_todo, snr_todo)"
+                    " SELECT 0, 0, 0, 0, 0, 0, 0, 0, 0 FROM generate_series(1, 300)"
                 )
             )
 
