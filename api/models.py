@@ -128,7 +128,7 @@ class Media(SQLModel, table=True):
 
 class MediaCounts(SQLModel, table=True):
     """Media coverage counters, kept by triggers on `media` in the writing transaction
-    (migration 0002): coverage is the SUM of the rows. SQLite keeps one row (row triggers);
+    (migrations 0002, 0003): coverage is the SUM of the rows. SQLite keeps one row (row triggers);
     PostgreSQL adds one delta row per statement (no hot row to wait on) and coverage folds them
     into one now and then (`api.services.work.fold_counts`)."""
 

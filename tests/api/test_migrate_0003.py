@@ -84,7 +84,7 @@ def test_upgrade_from_0002_keeps_the_data_and_downgrade_gives_it_back(url: str) 
     engine = make_engine(url, pool_size=1)
     try:
         ids = seed_0002(engine)
-        assert upgrade(url).after == "0003"
+        assert upgrade(url, "0003").after == "0003"
 
         with engine.connect() as conn:
             got = {
@@ -127,6 +127,6 @@ def test_upgrade_from_0002_keeps_the_data_and_downgrade_gives_it_back(url: str) 
         }
         assert todo == 2
         engine.dispose()
-        assert upgrade(url).after == "0003"  # and up again
+        assert upgrade(url, "0003").after == "0003"  # and up again
     finally:
         engine.dispose()

@@ -139,7 +139,7 @@ def test_clip_compile_over_quota_fails_the_project_in_the_ledger(client: httpx.C
     ledger = client.get("/backfills/clip-compile/failures").json()["items"]
     assert [(f["record_id"], f["attempts"]) for f in ledger] == [(pid, 1)]
     assert client.get("/backfills/clip-compile/pending").json()["items"] == []
-    failed = client.get("/backfills/clip-compile/pending", params={"only_failed": True}).json()
+    failed = client.get("/backfills/clip-compile/pending", params={"mode": "failed"}).json()
     assert [i["record_id"] for i in failed["items"]] == [pid]
 
 
@@ -150,7 +150,7 @@ def test_clip_compile_failure_fails_the_project(client: httpx.Client) -> None:
     project = client.get(f"/projects/{pid}").json()
     assert project["status"] == "failed" and project["reason"] == "clip 2 is missing"
     assert client.get("/backfills/clip-compile/pending").json()["items"] == []
-    failed = client.get("/backfills/clip-compile/pending", params={"only_failed": True}).json()
+    failed = client.get("/backfills/clip-compile/pending", params={"mode": "failed"}).json()
     assert [i["record_id"] for i in failed["items"]] == [pid]
 
 

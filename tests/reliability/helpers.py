@@ -45,8 +45,10 @@ class Db:
 
     def media(self) -> list[Any]:
         return self.rows(
-            "SELECT id, uri, hash, hash_algorithm, duration, revision, schema_version, "
-            "media_type, size_bytes, sample_rate, channels FROM media ORDER BY id"
+            "SELECT id, uri, sha256 AS hash, "
+            "CASE WHEN sha256 IS NOT NULL THEN 'sha256' END AS hash_algorithm, "
+            "duration, revision, schema_version, media_type, size_bytes, sample_rate, channels "
+            "FROM media ORDER BY id"
         )
 
     def dispose(self) -> None:

@@ -57,7 +57,8 @@ def test_apply_clip_compile_links_the_output_and_counts_usage(session: Session) 
     assert project is not None and project.output_media_id is not None
     assert (project.status, project.thumbnail_uri) == ("compiled", f"out/{pid}.jpg")
     output = stored(session, project.output_media_id)
-    assert (output.uri, output.hash, output.duration) == (f"out/{pid}.mp4", "ab" * 32, 2.0)
+    assert (output.uri, output.sha256, output.duration) == (f"out/{pid}.mp4", "ab" * 32, 2.0)
+    assert (output.sha256_version, project.compile_version) == (1, 1)
     context = compilation_context(session=session, project_id=pid)
     assert context.remaining_render_seconds == pytest.approx(6.0)
 
