@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, null, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    text,
+)
 from sqlmodel import Session
 
 from api.models import Media, MediaCounts
@@ -230,12 +240,15 @@ def scan_coverage(
     counted = session.execute(stmt).one()._asdict()
     versions: dict[int, int] = {}
     if spec.version is not None:
-        column = spec.version(algorithm or HashAlgorithm.SHA256)
+        # A literal 1, not a bind parameter: PostgreSQL must see the same GROUP BY expression.
+        version = func.coalesce(
+            spec.version(algorithm or HashAlgorithm.SHA256), literal_column("1")
+        )
         by_version = (
-            select(func.coalesce(column, 1), func.count())
+            select(version, func.count())
             .select_from(spec.table)
             .where(spec.scope, done)
-            .group_by(func.coalesce(column, 1))
+            .group_by(version)
         )
         versions = {int(v): int(n) for v, n in session.execute(by_version).all()}
     return KindCoverage(kind=kind, algorithm=algorithm, versions=versions, **counted)
