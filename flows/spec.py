@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Ty
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaType, PendingItem
+from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaType, PendingItem, PlanId
 from flows.compute.errors import MediaError
 from flows.media import local_media
 from flows.settings import ClientSettings
@@ -96,6 +96,11 @@ class BackfillParams(BaseModel):
     )
     concurrency: Concurrency = Field(
         None, description="Chunks in flight at once; empty for one more than the CPU cores."
+    )
+    plan_id: PlanId | None = Field(
+        None,
+        description="Apply this plan (`backfill plan`): exactly its records, each skipped if "
+        "it changed since the plan or is done; empty for the pending work.",
     )
 
     @model_validator(mode="after")
