@@ -83,10 +83,10 @@ def create_plan(
     rows = query.with_only_columns(literal(plan.id), table.c.id, table.c.revision).limit(p.limit)
     if p.limit is None:
         rows = rows.order_by(None)
-    result: Any = session.execute(
-        insert(ITEMS).from_select(["plan_id", "record_id", "revision"], rows)
-    )
-    plan.count = result.rowcount
+    session.execute(insert(ITEMS).from_select(["plan_id", "record_id", "revision"], rows))
+    # Counted over the plan's key (psycopg reports no rowcount for INSERT ... SELECT here).
+    count_stmt = select(func.count()).select_from(ITEMS).where(ITEMS.c.plan_id == plan.id)
+    plan.count = session.execute(count_stmt).scalar_one()
     session.commit()
     count = plan.count
     counts = PlanCounts(planned=count, todo=count, changed=0, done=0)
