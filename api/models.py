@@ -264,6 +264,8 @@ class PlanItem(SQLModel, table=True):
     """One planned record and its revision when planned; the key pages a plan in id order."""
 
     __tablename__ = "plan_items"
+    #: SQLite: the key is the table (one B-tree, not a rowid table and an index beside it).
+    __table_args__ = {"sqlite_with_rowid": False}
 
     plan_id: str = Field(
         sa_column=Column(

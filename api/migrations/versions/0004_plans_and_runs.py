@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("revision", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(["plan_id"], ["plans.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("plan_id", "record_id"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "runs",
