@@ -5,9 +5,12 @@ the `backfill` CLI."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from api.schemas import (
@@ -22,12 +25,23 @@ from flows.client import BackfillClient
 from flows.media_duration import media_duration
 from flows.settings import ConfigError
 from ops.cli import app
-from tests.conftest import LiveApi
+from tests.conftest import ROOT, LiveApi
 from tests.flows.conftest import write_wav
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api_url")]
+#: The real flows under Prefect's test server.
+e2e = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api_url")]
 
 KIND = BackfillKind.MEDIA_DURATION
+#: The commands docs/operations.md shows, run here (`uv run backfill` is `app`).
+PLAN = "uv run backfill plan media-duration --json"
+APPLY = "uv run backfill run media-duration --plan PLAN_ID --batch-size 2"
+RUNS = "uv run backfill runs"
+OPERATIONS_COMMANDS = [PLAN, APPLY, RUNS, "uv run backfill runs --json"]
+
+
+def backfill(command: str, **env: str) -> Result:
+    """`command` (a `uv run backfill ...` line) through the CLI app, in this process."""
+    return CliRunner().invoke(app, shlex.split(command)[3:], env=env or None)
 
 
 def register_wavs(api: LiveApi, root: Path, names: list[str]) -> dict[str, int]:
@@ -46,12 +60,14 @@ def runs(api: LiveApi) -> list[RunPublic]:
         return client.runs(limit=100).items
 
 
+@e2e[0]
+@e2e[1]
 def test_a_plan_applied_after_a_concurrent_edit_skips_that_record_only(
     client_env: LiveApi, media_root: Path
 ) -> None:
     planned = register_wavs(client_env, media_root, [f"p/{i}.wav" for i in range(6)])
 
-    made = CliRunner().invoke(app, ["plan", "media-duration", "--json"])
+    made = backfill(PLAN)
 
     assert made.exit_code == 0, made.output
     plan = json.loads(made.stdout)
@@ -70,12 +86,11 @@ def test_a_plan_applied_after_a_concurrent_edit_skips_that_record_only(
         assert hashed.applied == 1
         assert client.get_media(edited).revision == 2
 
-    report = media_duration(plan_id=plan["id"], batch_size=2)
+    applied = backfill(APPLY.replace("PLAN_ID", plan["id"]), COLUMNS="200")
 
-    assert report.status == "completed", report.reason
-    assert (report.processed, report.applied, report.changed_since_plan) == (5, 5, 1)
-    assert report.plan_id == plan["id"]
-    assert {"metric": "changed since plan", "value": 1} in report.table()
+    assert applied.exit_code == 0, applied.output
+    assert re.search(r"changed since plan\s*│\s*1\b", applied.stdout), applied.stdout
+    assert re.search(r"applied\s*│\s*5\b", applied.stdout), applied.stdout
     with BackfillClient(client_env.url, client_env.admin_token) as client:
         durations = {m.id: m.duration for m in client.list_media().items}
         now = client.get_plan(plan["id"]).counts
@@ -86,6 +101,8 @@ def test_a_plan_applied_after_a_concurrent_edit_skips_that_record_only(
     # Applied again (a rerun of the same plan): everything is done or changed; nothing moves.
     again = media_duration(plan_id=plan["id"])
     assert (again.processed, again.skipped, again.changed_since_plan) == (0, 5, 1)
+    assert again.plan_id == plan["id"]
+    assert {"metric": "changed since plan", "value": 1} in again.table()
 
     first, second = sorted(
         (r for r in runs(client_env) if r.plan_id == plan["id"]), key=lambda r: r.id
@@ -97,6 +114,8 @@ def test_a_plan_applied_after_a_concurrent_edit_skips_that_record_only(
     assert first.ended_at is not None and first.mode == "missing"
 
 
+@e2e[0]
+@e2e[1]
 def test_a_plan_for_another_kind_or_compute_version_is_refused(
     client_env: LiveApi, media_root: Path
 ) -> None:
@@ -118,6 +137,8 @@ def test_a_plan_for_another_kind_or_compute_version_is_refused(
     assert refused[newer.id].state == "failed" and refused[newer.id].applied == 0
 
 
+@e2e[0]
+@e2e[1]
 def test_every_run_is_recorded_with_its_parameters_and_state(
     client_env: LiveApi, media_root: Path
 ) -> None:
@@ -128,7 +149,7 @@ def test_every_run_is_recorded_with_its_parameters_and_state(
 
     dry = media_duration(dry_run=True, max_failure_ratio=0.5)
     done = media_duration(limit=1)
-    failed = CliRunner().invoke(app, ["run", "media-duration", "--max-failure-ratio", "0"])
+    failed = backfill("uv run backfill run media-duration --max-failure-ratio 0")
 
     assert dry.status == "completed" and done.status == "completed" and failed.exit_code == 1
     newest = runs(client_env)
@@ -142,12 +163,19 @@ def test_every_run_is_recorded_with_its_parameters_and_state(
     assert newest[1].parameters["limit"] == 1 and newest[2].parameters["dry_run"] is True
     assert len({r.flow_run_id for r in newest}) == 3
 
-    listed = CliRunner().invoke(app, ["runs", "--json"])
+    listed = backfill(f"{RUNS} --json")
     assert listed.exit_code == 0, listed.output
     assert [r["state"] for r in json.loads(listed.stdout)["items"]] == [
         "failed",
         "completed",
         "completed",
     ]
-    table = CliRunner().invoke(app, ["runs"], env={"COLUMNS": "200"})
+    table = backfill(RUNS, COLUMNS="200")
     assert table.exit_code == 0 and "completed (dry run)" in table.stdout
+
+
+def test_operations_doc_shows_the_tested_commands() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    sections = text.split("## Plan, then apply", 1)[-1]
+    missing = [command for command in OPERATIONS_COMMANDS if command not in sections]
+    assert not missing, f"docs/operations.md lacks: {missing}"
