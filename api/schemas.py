@@ -494,7 +494,7 @@ class ReprocessMode(StrEnum):
 #: A plan's id: short, URL-safe.
 PlanId = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
 ComputeVersion = Annotated[int, Field(ge=0, le=2**31 - 1), JsonInt]
-Count = Annotated[int, Field(ge=0, le=2**63 - 1), JsonInt]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1), JsonInt]
 FlowRunId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 

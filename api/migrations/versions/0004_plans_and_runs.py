@@ -36,7 +36,6 @@ def upgrade() -> None:
         sa.Column("plan_id", sa.String(32), nullable=False),
         sa.Column("record_id", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("revision", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["plan_id"], ["plans.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("plan_id", "record_id"),
         sqlite_with_rowid=False,
     )
