@@ -15,7 +15,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from api.schemas import BackfillKind, RunEnd, RunEventIn, RunStart
-from flows.client import APIError, BackfillClient, current_flow_run
+from flows.client import (
+    APIError,
+    AuthenticationError,
+    BackfillClient,
+    PermissionDeniedError,
+    current_flow_run,
+)
 from flows.settings import ConfigError, load_settings
 from flows.spec import BackfillParams
 
@@ -120,6 +126,9 @@ class RunRecord:
     def _write(self, what: str, call: Any) -> None:
         try:
             call()
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            # The run itself fails on the same token at once, and says so in one line.
+            _logger().debug("run %s not recorded: %s", what, exc)
         except APIError as exc:
             _logger().warning("run %s not recorded: %s", what, exc)
 
