@@ -179,3 +179,25 @@ def test_operations_doc_shows_the_tested_commands() -> None:
     sections = text.split("## Plan, then apply", 1)[-1]
     missing = [command for command in OPERATIONS_COMMANDS if command not in sections]
     assert not missing, f"docs/operations.md lacks: {missing}"
+
+
+def test_a_cancel_is_recorded_with_its_reason_by_the_flows_hook(client_env: LiveApi) -> None:
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from prefect.states import Cancelled
+
+    from api.schemas import RunStart
+    from flows.media_duration import media_duration as flow
+    from flows.record import ON_CANCELLATION
+
+    run_id = uuid4()
+    with BackfillClient(client_env.url, client_env.admin_token) as client:
+        client.start_run(RunStart(flow_run_id=str(run_id), kind=KIND))
+    assert flow.on_cancellation_hooks == ON_CANCELLATION
+
+    ON_CANCELLATION[0](flow, SimpleNamespace(id=run_id), Cancelled(message="stopped by ops"))  # type: ignore[arg-type]
+
+    [run] = runs(client_env)
+    assert (run.state, run.reason) == ("cancelled", "stopped by ops")
+    assert [(e.event, e.reason) for e in run.events] == [("cancel", "stopped by ops")]
