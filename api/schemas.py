@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -600,3 +600,178 @@ Version0Batch = BatchRequest[Version0Result]
 ClipCompileBatch = BatchRequest[ClipCompileResult]
 FailureBatch = BatchRequest[FailureItem]
 MediaRegisterBatch = BatchRequest[MediaIn]
+
+
+# --- Plans and the record of every run -----------------------------------------------------
+
+
+#: A plan's id: short, URL-safe.
+PlanId = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1), JsonInt]
+FlowRunId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class PlanParameters(_Strict):
+    """The pending filters a plan is made with (those of `/pending`), and at most how many."""
+
+    media_type: MediaType | None = None
+    algorithm: HashAlgorithm | None = Field(
+        default=None, description="file-hashing: the algorithm wanted."
+    )
+    shard_index: Annotated[int, Field(ge=0, le=10_000), JsonInt] = 0
+    shard_count: Annotated[int, Field(ge=1, le=10_000), JsonInt] = 1
+    limit: Annotated[int | None, Field(ge=1, le=2**63 - 1), JsonInt] = None
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> PlanParameters:
+        if self.shard_index >= self.shard_count:
+            raise ValueError("shard_index must be less than shard_count")
+        return self
+
+
+class PlanCreate(_Strict):
+    """Make a plan: what a run of `kind` with these parameters would process now."""
+
+    kind: BackfillKind
+    mode: ReprocessMode = ReprocessMode.MISSING
+    compute_version: ComputeVersion = Field(
+        default=1, description="The compute version of the kind's flow that will apply it."
+    )
+    parameters: PlanParameters = Field(default_factory=PlanParameters)
+
+    @model_validator(mode="after")
+    def _check_filters(self) -> PlanCreate:
+        p = self.parameters
+        if p.algorithm is not None and self.kind != BackfillKind.FILE_HASHING:
+            raise ValueError("algorithm applies to file-hashing only")
+        if p.media_type is not None and self.kind == BackfillKind.CLIP_COMPILE:
+            raise ValueError("media_type does not apply to clip-compile")
+        return self
+
+
+class PlanRecord(BaseModel):
+    """A planned record and its revision when planned."""
+
+    record_id: int
+    revision: int
+
+
+class PlanCounts(BaseModel):
+    """The planned records as they are now: still to do as planned, changed since the plan
+    (revision moved; a run skips them), or done already."""
+
+    planned: int
+    todo: int
+    changed: int
+    done: int
+
+
+class PlanPublic(BaseModel):
+    id: str
+    kind: BackfillKind
+    mode: ReprocessMode
+    compute_version: int
+    parameters: PlanParameters
+    count: int
+    token_name: str
+    created_at: UtcDatetime
+    counts: PlanCounts | None = Field(default=None, description="Now; in `GET /plans/{id}`.")
+    #: The first records of the plan, in id order.
+    items: list[PlanRecord] = Field(default_factory=list)
+
+
+class PlanItemsPage(BaseModel):
+    plan_id: str
+    items: list[PlanRecord]
+    next_after_id: int | None
+
+
+class PlanWorkItem(PendingItem):
+    """A planned record as a run takes it: `todo` (process it), `changed` (its revision moved
+    since the plan: skipped, reported "changed since plan") or `done` (skipped)."""
+
+    planned_revision: int
+    status: Literal["todo", "changed", "done"]
+
+
+class PlanWorkPage(BaseModel):
+    plan_id: str
+    kind: BackfillKind
+    items: list[PlanWorkItem]
+    next_after_id: int | None
+
+
+RunState = Literal["running", "completed", "failed", "cancelled", "crashed"]
+#: What happened to a run: pause, resume, cancel, crash, retry, ...
+EventName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
+
+
+class RunStart(_Strict):
+    """A flow run starts: one row per `flow_run_id`. Sent again with the same or a lower
+    `attempt` it changes nothing; a higher attempt (a Retry of the flow run) restarts it."""
+
+    flow_run_id: FlowRunId
+    kind: BackfillKind
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    mode: ReprocessMode | None = None
+    plan_id: PlanId | None = None
+    compute_version: ComputeVersion | None = None
+    dry_run: bool = Field(default=False, strict=True)
+    attempt: Annotated[int, Field(ge=1, le=1_000_000), JsonInt] = 1
+
+
+class RunEnd(_Strict):
+    """A run ends: its final state, why, and its counts (a count left out is kept)."""
+
+    state: Literal["completed", "failed", "cancelled", "crashed"]
+    reason: ErrorText | None = None
+    applied: Count | None = None
+    unchanged: Count | None = None
+    rejected: Count | None = None
+    failed: Count | None = None
+    skipped: Count | None = None
+    changed_since_plan: Count | None = None
+
+
+class RunEventIn(_Strict):
+    event: EventName
+    reason: ErrorText | None = None
+
+
+class RunEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    event: str
+    reason: str | None
+    at: UtcDatetime
+
+
+class RunPublic(BaseModel):
+    id: int
+    flow_run_id: str
+    kind: BackfillKind
+    parameters: dict[str, Any]
+    mode: ReprocessMode | None
+    plan_id: str | None
+    compute_version: int | None
+    dry_run: bool
+    attempt: int
+    token_name: str
+    state: RunState
+    reason: str | None
+    started_at: UtcDatetime
+    ended_at: UtcDatetime | None
+    applied: int
+    unchanged: int
+    rejected: int
+    failed: int
+    skipped: int
+    changed_since_plan: int
+    events: list[RunEventPublic] = Field(default_factory=list)
+
+
+class RunPage(BaseModel):
+    """Runs newest first; pass `next_before_id` back as `before_id`."""
+
+    items: list[RunPublic]
+    next_before_id: int | None

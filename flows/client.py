@@ -69,10 +69,18 @@ from api.schemas import (
     MediaType,
     PendingFilter,
     PendingPage,
+    PlanCreate,
+    PlanPublic,
+    PlanWorkPage,
     ProjectCreate,
     ProjectCreated,
     ProjectPublic,
     ProjectStatusUpdate,
+    RunEnd,
+    RunEventIn,
+    RunPage,
+    RunPublic,
+    RunStart,
 )
 from flows.settings import ClientSettings
 
@@ -586,3 +594,50 @@ class BackfillClient:
         # its own first attempt (which would leave the project compiling until its lease).
         path = f"/projects/{project_id}/status"
         return self._call(ProjectPublic, "PUT", path, body=body, idempotent=True)
+
+    # --- plans and the record of every run ---
+
+    def create_plan(self, plan: PlanCreate) -> PlanPublic:
+        """Store the records a run would process now (not retried once sent: a lost answer
+        leaves a plan nobody uses, never a second one a run would take)."""
+        return self._call(PlanPublic, "POST", "/plans", body=plan.model_dump(mode="json"))
+
+    def get_plan(self, plan_id: str) -> PlanPublic:
+        return self._call(PlanPublic, "GET", f"/plans/{plan_id}")
+
+    def plan_work(
+        self,
+        plan_id: str,
+        *,
+        after_id: int = 0,
+        limit: int = MAX_PAGE_LIMIT,
+        shard_index: int = 0,
+        shard_count: int = 1,
+    ) -> PlanWorkPage:
+        """One page of a plan as a run takes it: each record todo, changed or done."""
+        params: dict[str, Any] = {"after_id": after_id, "limit": limit}
+        if shard_count > 1:
+            params |= {"shard_index": shard_index, "shard_count": shard_count}
+        return self._call(PlanWorkPage, "GET", f"/plans/{plan_id}/work", params=params)
+
+    def start_run(self, run: RunStart) -> RunPublic:
+        """Record a flow run's start (idempotent on its flow run id: safe to retry)."""
+        body = run.model_dump(mode="json")
+        return self._call(RunPublic, "POST", "/runs", body=body, idempotent=True)
+
+    def end_run(self, flow_run_id: str, end: RunEnd) -> RunPublic:
+        """Record how a run ended (setting values: safe to retry)."""
+        body = end.model_dump(mode="json", exclude_none=True)
+        return self._call(RunPublic, "POST", f"/runs/{flow_run_id}/end", body=body, idempotent=True)
+
+    def run_event(self, flow_run_id: str, event: RunEventIn) -> RunPublic:
+        """Record a pause, resume, cancel... of a run (not resent once sent: never twice)."""
+        body = event.model_dump(mode="json", exclude_none=True)
+        return self._call(RunPublic, "POST", f"/runs/{flow_run_id}/events", body=body)
+
+    def runs(
+        self, *, before_id: int | None = None, limit: int = 50, kind: BackfillKind | None = None
+    ) -> RunPage:
+        """Runs newest first."""
+        params = {"before_id": before_id, "limit": limit, "kind": kind.value if kind else None}
+        return self._call(RunPage, "GET", "/runs", params=params)

@@ -64,11 +64,15 @@ from api.schemas import (
     BatchResult,
     FailureItem,
     PendingItem,
+    PlanPublic,
     ReprocessMode,
 )
 from flows.client import APIError, BackfillClient, is_retryable
 from flows.compute.errors import MediaError
 from flows.media import sweep_downloads
+from flows.plan import load_plan, plan_table
+from flows.record import ON_CANCELLATION, ON_CRASHED, recording
+from flows.record import record_event as record_event  # the engine's: pause, resume, cancel...
 from flows.settings import ClientSettings, ConfigError, load_settings
 from flows.spec import (
     MAX_CONCURRENCY,
@@ -93,6 +97,8 @@ TOP_ERRORS = 5
 #: Least seconds between two moves of the progress artifact (each is a call to Prefect's API
 #: from the flow's loop; a run of many small chunks spent more time on them than on work).
 PROGRESS_INTERVAL = 1.0
+#: How many records "changed since plan" a run names in its log (all are counted).
+LOGGED_CHANGES = 20
 
 
 # --- Reports -------------------------------------------------------------------------------
@@ -139,6 +145,11 @@ class BackfillReport(BaseModel):
     top_errors: list[ErrorCount] = Field(default_factory=list)
     seconds: float = 0.0
     records_per_second: float = 0.0
+    #: The plan the run applied, if any; its records skipped as done already, and as
+    #: "changed since plan" (revision moved since the plan was made).
+    plan_id: str | None = None
+    skipped: int = 0
+    changed_since_plan: int = 0
 
     def table(self) -> list[dict[str, Any]]:
         """The summary as rows of metric and value."""
@@ -154,6 +165,12 @@ class BackfillReport(BaseModel):
             {"metric": "chunks", "value": self.chunks},
             {"metric": "failed chunks", "value": self.failed_chunks},
         ]
+        if self.plan_id:
+            rows += [
+                {"metric": "plan", "value": self.plan_id},
+                {"metric": "changed since plan", "value": self.changed_since_plan},
+                {"metric": "skipped (done)", "value": self.skipped},
+            ]
         if self.reason:
             rows.append({"metric": "reason", "value": self.reason})
         rows += [{"metric": f"error x{e.count}", "value": e.error} for e in self.top_errors]
@@ -188,6 +205,9 @@ class BackfillReport(BaseModel):
             top_errors=errors,
             seconds=values["seconds"],
             records_per_second=values["records/s"],
+            plan_id=values.get("plan"),
+            skipped=values.get("skipped (done)", 0),
+            changed_since_plan=values.get("changed since plan", 0),
         )
 
 
@@ -231,6 +251,25 @@ def finish(run: Callable[..., BackfillReport], *args: Any, **kwargs: Any) -> Bac
         return cast(BackfillReport, Failed(message=reason, data=exc))
 
 
+def recorded(
+    kind: BackfillKind, params: BackfillParams, run: Callable[..., BackfillReport], *args: Any
+) -> BackfillReport:
+    """`run(*args)` recorded as a run of `kind` (a fanned-out parent: each shard run records
+    itself too). Without client settings it runs unrecorded, with a WARNING."""
+    try:
+        settings = load_settings()
+        settings.api_token()
+    except ConfigError as exc:
+        get_run_logger().warning("run not recorded: %s", exc)
+        return run(*args)
+    with (
+        BackfillClient.from_settings(settings, logger=get_run_logger()) as client,
+        recording(client, kind, params, compute_version=None) as record,
+    ):
+        record.report = run(*args)
+        return record.report
+
+
 def backfill_flow(
     kind: BackfillKind, params_model: type[P]
 ) -> Callable[[Callable[[P], BackfillReport]], Flow[..., BackfillReport]]:
@@ -272,7 +311,7 @@ def backfill_flow(
             if params.shards > 1:  # this run only starts, watches and sums its shard runs
                 from flows.fanout import fan_out
 
-                return finish(fan_out, kind, params)
+                return finish(recorded, kind, params, fan_out, kind, params)
             return finish(body, params)
 
         # Not functools.wraps: Prefect would read the body's one `params` argument through
@@ -284,7 +323,13 @@ def backfill_flow(
         run.__annotations__["return"] = BackfillReport
         args = "\n".join(f"    {name}: {field.description}" for name, field in fields.items())
         run.__doc__ = f"{inspect.cleandoc(body.__doc__ or kind.value)}\n\nArgs:\n{args}\n"
-        return flow(name=kind.value, task_runner=chunk_task_runner(), retries=0)(run)
+        return flow(
+            name=kind.value,
+            task_runner=chunk_task_runner(),
+            retries=0,
+            on_cancellation=ON_CANCELLATION,
+            on_crashed=ON_CRASHED,
+        )(run)
 
     return decorate
 
@@ -580,12 +625,22 @@ def run_backfill(
             client = stack.enter_context(
                 BackfillClient.from_settings(settings, logger=get_run_logger())
             )
-        # Chunks on a remote task runner (Dask) compute where they run: no pool here.
-        context = FlowRunContext.get()
-        local = context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
-        pool = stack.enter_context(compute_pool(spec)) if local else None
-        runner = ChunkRunner(spec, params, settings, client, pool)
-        report = _Run(runner).execute()
+        version = spec.compute_version
+        with recording(client, spec.kind, params, compute_version=version) as record:
+            plan = None
+            if params.plan_id is not None:
+                plan, params = load_plan(client, spec, params)
+                create_table_artifact(
+                    key=f"{spec.kind.value}-plan",
+                    table=plan_table(plan),
+                    description=f"# {spec.kind.value}: plan {plan.id} ({plan.count} records)",
+                )
+            # Chunks on a remote task runner (Dask) compute where they run: no pool here.
+            context = FlowRunContext.get()
+            local = context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
+            pool = stack.enter_context(compute_pool(spec)) if local else None
+            runner = ChunkRunner(spec, params, settings, client, pool)
+            report = record.report = _Run(runner, plan).execute()
     create_table_artifact(
         key=f"{spec.kind.value}-summary",
         table=report.table(),
@@ -599,8 +654,9 @@ def run_backfill(
 class _Run:
     """The flow-side loop: page, submit, collect, stop early when something is wrong."""
 
-    def __init__(self, runner: ChunkRunner) -> None:
+    def __init__(self, runner: ChunkRunner, plan: PlanPublic | None = None) -> None:
         self.runner = runner
+        self.plan = plan
         self.spec, self.params, self.client = runner.spec, runner.params, runner.client
         self.logger = get_run_logger()
         self.concurrency = self.params.concurrency or compute_workers(self.spec) + 1
@@ -656,6 +712,9 @@ class _Run:
 
     def _expected(self) -> int | None:
         """About how many records this run will process (coverage is not filtered)."""
+        if self.plan is not None and self.plan.counts is not None:
+            todo = -(-self.plan.counts.todo // self.params.shard_count)
+            return min(todo, self.params.limit) if self.params.limit else todo
         found = next((k for k in self.client.coverage().kinds if k.kind == self.spec.kind), None)
         if found is None:
             return None
@@ -682,6 +741,9 @@ class _Run:
 
     def _pages(self) -> Iterator[list[PendingItem]]:
         """Pending items page by page, by keyset; fetched while earlier chunks run."""
+        if self.plan is not None:
+            yield from self._plan_pages(self.plan.id)
+            return
         p = self.params
         after_id, left = 0, p.limit
         while left is None or left > 0:
@@ -696,6 +758,42 @@ class _Run:
             if left is not None:
                 left -= len(items)
             if page.next_after_id is None or not items:
+                return
+            after_id = page.next_after_id
+
+    def _plan_pages(self, plan_id: str) -> Iterator[list[PendingItem]]:
+        """The plan's records page by page: those changed since the plan (revision moved)
+        or done already are skipped and counted, the others are the work."""
+        p = self.params
+        after_id, left = 0, p.limit
+        while left is None or left > 0:
+            page = self.client.plan_work(
+                plan_id,
+                after_id=after_id,
+                limit=MAX_PAGE_LIMIT,
+                shard_index=p.shard_index,
+                shard_count=p.shard_count,
+            )
+            items: list[PendingItem] = []
+            for item in page.items:
+                if item.status == "todo" and (left is None or len(items) < left):
+                    items.append(item)
+                elif item.status == "changed":
+                    self.totals["changed_since_plan"] += 1
+                    if self.totals["changed_since_plan"] > LOGGED_CHANGES:
+                        continue
+                    self.logger.info(
+                        "record %d changed since plan (revision %d, planned %d): skipped",
+                        item.record_id,
+                        item.revision,
+                        item.planned_revision,
+                    )
+                elif item.status == "done":
+                    self.totals["skipped"] += 1
+            yield items
+            if left is not None:
+                left -= len(items)
+            if page.next_after_id is None:
                 return
             after_id = page.next_after_id
 
@@ -797,4 +895,7 @@ class _Run:
             ],
             seconds=seconds,
             records_per_second=t["processed"] / seconds if seconds > 0 else 0.0,
+            plan_id=self.plan.id if self.plan else None,
+            skipped=t["skipped"],
+            changed_since_plan=t["changed_since_plan"],
         )

@@ -15,6 +15,8 @@ from api.schemas import BackfillKind
 if TYPE_CHECKING:
     from prefect import Flow
 
+    from flows.spec import Backfill
+
 FLOWS: dict[BackfillKind, str] = {
     BackfillKind.MEDIA_DURATION: "flows.media_duration:media_duration",
     BackfillKind.FILE_HASHING: "flows.file_hashing:file_hashing",
@@ -29,3 +31,14 @@ def load_flow(kind: BackfillKind) -> Flow[..., Any]:
     module, _, name = FLOWS[kind].partition(":")
     flow: Flow[..., Any] = getattr(import_module(module), name)
     return flow
+
+
+def load_spec(kind: BackfillKind) -> Backfill[Any, Any]:
+    """The `Backfill` spec the flow of `kind` runs (its compute version, for a plan)."""
+    from flows.spec import Backfill
+
+    module = import_module(FLOWS[kind].partition(":")[0])
+    for value in vars(module).values():
+        if isinstance(value, Backfill) and value.kind == kind:
+            return value
+    raise KeyError(f"no Backfill spec of {kind.value} in {module.__name__}")

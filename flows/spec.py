@@ -33,6 +33,7 @@ from api.schemas import (
     MediaType,
     PendingFilter,
     PendingItem,
+    PlanId,
     ReprocessMode,
 )
 from flows.compute.errors import MediaError
@@ -106,6 +107,11 @@ class BackfillParams(BaseModel):
     )
     concurrency: Concurrency = Field(
         None, description="Chunks in flight at once; empty for one more than the CPU cores."
+    )
+    plan_id: PlanId | None = Field(
+        None,
+        description="Apply this plan (`backfill plan`): exactly its records, each skipped if "
+        "it changed since the plan or is done; empty for the pending work.",
     )
 
     @model_validator(mode="after")

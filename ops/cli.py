@@ -24,7 +24,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from api.cli import app as api_app
-from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaIn
+from api.schemas import MAX_BATCH_ITEMS, BackfillKind, MediaIn, PlanPublic, ReprocessMode
 from flows.client import APIError, AuthenticationError, BackfillClient, PermissionDeniedError
 from flows.settings import (
     PREFECT_STARTUP_TIMEOUT_ENV,
@@ -95,6 +95,10 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+#: Options of `backfill run` named otherwise than their field.
+OPTION_NAMES = {"plan_id": ("--plan", "--plan-id")}
+
+
 def _model_options(params: type[BaseModel]) -> list[inspect.Parameter]:
     """A `--name` option for each field of `params`, with the field's type, bounds and
     description. Each defaults to None: not given, the flow's own default applies."""
@@ -108,7 +112,8 @@ def _model_options(params: type[BaseModel]) -> list[inspect.Parameter]:
                 bounds["max"] = rule.le
         kind = field.annotation
         kinds = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
-        option = typer.Option(help=field.description, show_default=False, **bounds)
+        names = OPTION_NAMES.get(name, ())
+        option = typer.Option(*names, help=field.description, show_default=False, **bounds)
         options.append(
             inspect.Parameter(
                 name,
@@ -450,6 +455,111 @@ def import_(
     console.print(table)
     if report.bad_lines or report.rejected:
         raise typer.Exit(1)
+
+
+# --- plan, runs ------------------------------------------------------------------------------
+
+#: `-p` keys of `backfill plan` that are integers.
+INT_PARAMETERS = ("shard_index", "shard_count", "limit")
+
+
+@app.command()
+def plan(
+    kind: Annotated[BackfillKind, typer.Argument(help="The backfill to plan.")],
+    mode: Annotated[
+        ReprocessMode,
+        typer.Option(help="Which records: missing (not done), failed (the ledger), stale."),
+    ] = ReprocessMode.MISSING,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="A filter, KEY=VALUE: media_type, algorithm, shard_index, shard_count, limit.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Store what a run of KIND would process now (each record with its revision) as a plan;
+    `backfill run KIND --plan ID` then processes exactly that plan."""
+    from pydantic import ValidationError
+
+    from api.schemas import PlanCreate
+    from flows.registry import load_spec
+
+    parameters: dict[str, Any] = _parse_params(param or [])
+    for key in INT_PARAMETERS:
+        if key in parameters:
+            try:
+                parameters[key] = int(parameters[key])
+            except ValueError:
+                raise fail(f"{key} must be an integer, got {parameters[key]!r}", 2) from None
+    try:
+        plan_in = PlanCreate(
+            kind=kind,
+            mode=mode,
+            compute_version=load_spec(kind).compute_version,
+            parameters=parameters,
+        )
+    except ValidationError as exc:
+        raise fail(f"invalid plan: {_one_line(exc)}", 2) from None
+    with cli_errors():
+        settings = load_settings()
+        with _client(settings) as client:
+            made = client.create_plan(plan_in)
+    if as_json:
+        typer.echo(made.model_dump_json(indent=2))
+        return
+    _print_plan(made)
+
+
+def _print_plan(made: PlanPublic) -> None:
+    from flows.plan import plan_table
+
+    table = Table(title=f"plan {made.id}: {made.count} records of {made.kind.value}")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for row in plan_table(made):
+        table.add_row(str(row["field"]), str(row["value"]))
+    console.print(table)
+    console.print(f"apply it: uv run backfill run {made.kind.value} --plan {made.id}")
+
+
+@app.command()
+def runs(
+    kind: Annotated[BackfillKind | None, typer.Option(help="Only runs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+) -> None:
+    """The record of every run, newest first: who, what, when, how it ended."""
+    with cli_errors():
+        settings = load_settings()
+        with _client(settings) as client:
+            page = client.runs(kind=kind, limit=limit)
+    if as_json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    table = Table(title=f"runs at {settings.API_URL}")
+    for name in ("started", "kind", "state", "applied", "unchanged", "failed", "skipped"):
+        table.add_column(
+            name, justify="right" if name not in ("started", "kind", "state") else "left"
+        )
+    table.add_column("plan / changed")
+    table.add_column("by")
+    table.add_column("flow run", overflow="fold")
+    for r in page.items:
+        state = r.state + (" (dry run)" if r.dry_run else "")
+        events = ", ".join(e.event for e in r.events)
+        table.add_row(
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            r.kind.value,
+            state + (f" [{events}]" if events else ""),
+            *(str(v) for v in (r.applied, r.unchanged, r.failed + r.rejected, r.skipped)),
+            f"{r.plan_id} / {r.changed_since_plan}" if r.plan_id else "-",
+            r.token_name,
+            r.flow_run_id,
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover - the console script calls `app`

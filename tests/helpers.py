@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 #: Every table the API writes, emptied between tests (the seeded `free` tier stays).
 TABLES = (
+    "run_events",
+    "runs",
+    "plan_items",
+    "plans",
     "render_usage",
     "clips",
     "projects",

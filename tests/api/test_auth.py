@@ -22,6 +22,11 @@ ADMIN_ONLY = {
     ("POST", "/projects"),
     ("PUT", "/projects/{project_id}/status"),
     ("GET", "/projects/{project_id}/compilation-context"),
+    ("POST", "/plans"),
+    ("GET", "/plans/{plan_id}/work"),
+    ("POST", "/runs"),
+    ("POST", "/runs/{flow_run_id}/end"),
+    ("POST", "/runs/{flow_run_id}/events"),
 }
 READER = {
     ("GET", "/backfills/{kind}/failures"),
@@ -29,6 +34,10 @@ READER = {
     ("GET", "/media/{media_id}"),
     ("GET", "/backfills"),
     ("GET", "/projects/{project_id}"),
+    ("GET", "/plans/{plan_id}"),
+    ("GET", "/plans/{plan_id}/items"),
+    ("GET", "/runs"),
+    ("GET", "/runs/{flow_run_id}"),
 }
 PUBLIC = {("GET", "/health")}
 
@@ -49,6 +58,8 @@ def concrete(path: str) -> str:
         .replace("{name}", "gold")
         .replace("{project_id}", "1")
         .replace("{media_id}", "1")
+        .replace("{plan_id}", "p1")
+        .replace("{flow_run_id}", "run-1")
     )
 
 

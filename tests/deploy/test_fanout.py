@@ -67,6 +67,7 @@ def test_shard_parameters_are_the_parents_as_one_shard() -> None:
         "shards": 1,
         "max_failure_ratio": 0.1,
         "concurrency": None,
+        "plan_id": None,  # a plan's shards: each child applies its share of the plan
     }
     # Each child is valid, and runs (does not fan out again).
     assert DurationParams(**shard_parameters(params, 2)).shards == 1
