@@ -11,7 +11,7 @@ from pydantic import Field
 from api.schemas import BackfillKind, HashAlgorithm, HashResult
 from flows.compute.hashing import hash_file
 from flows.engine import BackfillReport, backfill_flow, run_backfill
-from flows.spec import Backfill, BackfillParams, Job
+from flows.spec import Backfill, BackfillParams, Job, SameFields
 
 
 class HashingParams(BackfillParams):
@@ -38,6 +38,7 @@ FILE_HASHING = Backfill(
     result_model=HashResult,
     compute=compute_hash,
     executor="thread",
+    compare=SameFields(("hash", "algorithm"), stored_as=(("algorithm", "hash_algorithm"),)),
 )
 
 
