@@ -354,3 +354,13 @@ def test_a_clean_run_verifies_its_sample_and_a_dry_run_verifies_nothing(
     assert report.status == "completed" and report.applied == 30
     assert (report.verified, report.verified_ok, report.mismatches) == (3, 3, [])
     assert media_duration(verify_sample=1.0).verified == 0  # nothing left to apply
+
+
+def test_docs_show_the_breaker_and_verification() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    cli = (ROOT / "docs" / "cli.md").read_text()
+    assert "\n## Circuit breaker\n" in operations and "\n## Verification\n" in operations
+    assert "uv run backfill resume FLOW_RUN_ID" in operations  # what the pause test runs
+    for field in ("pause_window", "pause_failure_ratio", "pause_failed_chunks", "pause_timeout"):
+        assert f"`--{field.replace('_', '-')} " in cli and f"`{field}`" in operations
+    assert "`--verify-sample R` | `verify_sample`" in cli
