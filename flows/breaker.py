@@ -2,9 +2,13 @@
 
 `CircuitBreaker` watches finished chunks (no Prefect, no HTTP here) and says when to pause:
 
-- more than `pause_failure_ratio` of the last `pause_window` records failed or were
-  rejected (judged once the window is full: a few bad records at the start are no trend);
-- `pause_failed_chunks` chunks in a row failed entirely (every record failed or rejected).
+- more than `pause_failure_ratio` of the last `pause_window` records failed (judged once
+  the window is full: a few bad records at the start are no trend);
+- `pause_failed_chunks` chunks in a row failed entirely (every record failed).
+
+Failures are records this run could not process (missing, unreadable, corrupt files): what
+a broken mount or a bad upload causes. Rejections (the API refusing a write, mostly a
+conflict with another writer) do not count.
 
 The engine then finishes the chunks in flight and pauses the flow run through Prefect
 (`flows.engine.pause_run`): the run shows Paused with the reason, and Resume (the Prefect UI,
@@ -40,7 +44,7 @@ class CircuitBreaker:
         return bool(self.size or self.failed_chunks)
 
     def record(self, items: int, bad: int) -> str | None:
-        """Count one finished chunk (`bad` of its `items` records failed or were rejected);
+        """Count one finished chunk (`bad` of its `items` records failed);
         the reason to pause now, or None."""
         if items <= 0:
             return None
@@ -58,8 +62,8 @@ class CircuitBreaker:
             )
         if self.size and len(self.window) == self.size and self.bad / self.size > self.ratio:
             return (
-                f"circuit breaker: {self.bad} of the last {self.size} records failed or were "
-                f"rejected, more than pause_failure_ratio={self.ratio:g}"
+                f"circuit breaker: {self.bad} of the last {self.size} records failed, "
+                f"more than pause_failure_ratio={self.ratio:g}"
             )
         return None
 

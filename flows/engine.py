@@ -636,9 +636,15 @@ def _verified(report: BackfillReport, runner: ChunkRunner, written: Reservoir) -
     if params.dry_run or report.status == "failed" or not params.verify_sample:
         return report
     logger = get_run_logger()
+    started = time.perf_counter()
     check: Verification = verify_sample(runner, written.draw(params.verify_sample))
     if check.sampled:
-        logger.info("verified %d of %d sampled records", check.ok, check.sampled)
+        logger.info(
+            "verified %d of %d sampled records in %.2fs",
+            check.ok,
+            check.sampled,
+            time.perf_counter() - started,
+        )
     update: dict[str, Any] = {
         "verified": check.sampled,
         "verified_ok": check.ok,
@@ -878,7 +884,9 @@ class _Run:
         if chunk.written:
             written = set(chunk.written)
             self.written.offer(i for i in items if i.record_id in written)
-        tripped = self.breaker.record(chunk.items, chunk.failed + chunk.rejected)
+        # Failures only: a rejection is the API refusing one write (mostly a conflict: another
+        # run or a person got there first), no sign that this run's environment is broken.
+        tripped = self.breaker.record(chunk.items, chunk.failed)
         if tripped is not None and self.pause_reason is None:
             self.pause_reason = tripped
         if self.breaker.enabled:

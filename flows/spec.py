@@ -113,8 +113,8 @@ class BackfillParams(BaseModel):
     )
     pause_failure_ratio: Ratio = Field(
         0.5,
-        description="Circuit breaker: the share of failed or rejected records in the window "
-        "above which the run pauses (0 to 1).",
+        description="Circuit breaker: the share of failed records in the window above which "
+        "the run pauses (0 to 1).",
     )
     pause_failed_chunks: PauseChunks = Field(
         3,

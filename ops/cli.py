@@ -448,7 +448,6 @@ def import_(
         raise typer.Exit(1)
 
 
-
 # --- resume (circuit breaker) ---------------------------------------------------------------
 
 
@@ -466,6 +465,7 @@ def resume(
     except ValueError as exc:
         raise fail(str(exc), 1) from None
     console.print(f"flow run {flow_run_id}: {state}")
+
 
 if __name__ == "__main__":  # pragma: no cover - the console script calls `app`
     app(prog_name="backfill")

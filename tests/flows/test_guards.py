@@ -59,8 +59,7 @@ def test_window_trips_only_when_full_and_over_the_ratio() -> None:
     assert breaker.bad == 1
     reason = breaker.record(items=5, bad=5)
     assert reason == (
-        "circuit breaker: 6 of the last 10 records failed or were rejected, "
-        "more than pause_failure_ratio=0.5"
+        "circuit breaker: 6 of the last 10 records failed, more than pause_failure_ratio=0.5"
     )
     breaker.reset()
     assert breaker.record(items=9, bad=9) is None  # a fresh window after a resume
@@ -235,7 +234,7 @@ def test_half_corrupt_corpus_pauses_and_resume_continues_with_nothing_redone(
     # It paused itself, on the Prefect server, with the reason and the top errors.
     assert seen["state"] == "Paused"
     assert seen["message"].startswith("circuit breaker: ")
-    assert "of the last 40 records failed or were rejected" in seen["message"]
+    assert "of the last 40 records failed, more than" in seen["message"]
     assert "pause_failure_ratio=0.5" in seen["message"]
     assert seen["message"] in seen["paused_artifact"]
     assert "| count | error |" in seen["paused_artifact"]
