@@ -49,6 +49,7 @@ from api.schemas import (
     ClipCompileResult,
     CompilationContext,
     MediaPublic,
+    PendingItem,
     ProjectStatus,
     ProjectStatusUpdate,
     ReprocessMode,
@@ -56,6 +57,7 @@ from api.schemas import (
 )
 from flows.client import BackfillClient, ConflictError, Logger, NotFoundError
 from flows.compute.errors import MediaError
+from flows.compute.hashing import hash_file
 from flows.compute.render import (
     COMPUTE_VERSION,
     MediaInfo,
@@ -75,10 +77,13 @@ from flows.spec import (
     BatchSize,
     Job,
     Limit,
+    Mismatch,
+    PauseChunks,
     Planned,
     Ratio,
     ShardIndex,
     Skip,
+    differences,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,6 +128,12 @@ class CompileParams(BackfillParams):
         "recorded on the project, while a bad media or output root fails the run at once.",
     )
     default_fps: Fps = Field(DEFAULT_FPS, description="Frame rate of projects that set none.")
+    pause_failed_chunks: PauseChunks = Field(
+        0,
+        description="Circuit breaker: pause after this many consecutive projects failed; 0 "
+        "(default) turns this check off: one chunk is one project, and a few bad projects "
+        "in a row are their owners' problem.",
+    )
 
     @field_validator("mode")
     @classmethod
@@ -314,6 +325,44 @@ def compile_project(job: Job[CompileParams]) -> ClipCompileResult | Planned:
     )
 
 
+# --- Verify: the output file against its record, not a second render ----------------------
+
+#: Seconds a compiled output's duration may differ from its record (ffmpeg's resolution).
+DURATION_TOLERANCE_S = 0.01
+
+
+def verify_outputs(
+    client: BackfillClient, settings: ClientSettings, items: list[PendingItem]
+) -> list[Mismatch]:
+    """Each sampled project: its output media record exists, and the file at its uri has the
+    sha256 and duration the record holds."""
+    found: list[Mismatch] = []
+    for item in items:
+        project_id = item.record_id
+        project = client.get_project(project_id)
+        if project.output_media_id is None:
+            found.append(Mismatch(record_id=project_id, field="output_media_id", recomputed="set"))
+            continue
+        media = client.get_media(project.output_media_id)
+        try:
+            path = resolve_media_path(settings.MEDIA_ROOT, media.uri)
+            actual = {"hash": hash_file(path, "sha256"), "duration": probe_media(path).duration}
+        except MediaError as exc:
+            found.append(
+                Mismatch(
+                    record_id=project_id, field="output", stored=media.uri, recomputed=str(exc)
+                )
+            )
+            continue
+        found += differences(
+            project_id,
+            {"hash": media.hash, "duration": media.duration},
+            actual,
+            {"duration": DURATION_TOLERANCE_S},
+        )
+    return found
+
+
 CLIP_COMPILE = Backfill(
     kind=BackfillKind.CLIP_COMPILE,
     result_model=ClipCompileResult,
@@ -322,6 +371,7 @@ CLIP_COMPILE = Backfill(
     executor="thread",  # moviepy drives ffmpeg subprocesses; the GIL is not the limit
     open_file=None,  # items are projects; compute opens their media itself
     claim=claim_compile,
+    verify=verify_outputs,
 )
 
 

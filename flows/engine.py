@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import os
 import queue
+import random
 import threading
 import time
 from collections import Counter
@@ -45,17 +46,23 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 
 from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
+from prefect.exceptions import Abort
 from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
-from prefect.states import Failed
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Failed, Paused
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
+from prefect.utilities.engine import propose_state_sync
 from pydantic import BaseModel, Field
 
 from api.schemas import (
@@ -67,6 +74,7 @@ from api.schemas import (
     PlanPublic,
     ReprocessMode,
 )
+from flows.breaker import CircuitBreaker
 from flows.client import APIError, BackfillClient, is_retryable
 from flows.compute.errors import MediaError
 from flows.media import sweep_downloads
@@ -80,11 +88,13 @@ from flows.spec import (
     BackfillParams,
     ItemOutcome,
     Job,
+    Mismatch,
     Skip,
     public_reason,
     ready,
     run_items,
 )
+from flows.verify import Reservoir, Verification, verify_sample
 
 P = TypeVar("P", bound=BackfillParams)
 
@@ -99,6 +109,13 @@ TOP_ERRORS = 5
 PROGRESS_INTERVAL = 1.0
 #: How many records "changed since plan" a run names in its log (all are counted).
 LOGGED_CHANGES = 20
+#: Seconds between two reads of a paused run's state (is it resumed?).
+PAUSE_POLL_SECONDS = 5.0
+#: Seconds Prefect keeps a pause open past `pause_timeout`, so that the run itself ends it,
+#: Failed with its own reason, before Prefect's "paused and never resumed".
+PAUSE_GRACE_SECONDS = 300
+#: Most mismatches a run's failure reason lists (the report and artifact list them all).
+REASON_MISMATCHES = 5
 
 
 # --- Reports -------------------------------------------------------------------------------
@@ -122,6 +139,9 @@ class ChunkReport(BaseModel):
     #: Each failure's and rejection's reason, with the record's uri replaced by `<uri>`.
     errors: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    #: Ids of the records whose results were posted and not rejected (none in a dry run):
+    #: what verification samples from.
+    written: list[int] = Field(default_factory=list)
     #: Why the chunk did not finish (the API gone past its deadline, the run stopped): its
     #: records were not posted, stay pending, and the run ends Failed with this reason.
     unfinished: str | None = None
@@ -150,6 +170,13 @@ class BackfillReport(BaseModel):
     plan_id: str | None = None
     skipped: int = 0
     changed_since_plan: int = 0
+    #: Times the circuit breaker paused the run (and it was resumed).
+    pauses: int = 0
+    #: Verification: records sampled and recomputed, how many matched what the API stores,
+    #: and every mismatch.
+    verified: int = 0
+    verified_ok: int = 0
+    mismatches: list[Mismatch] = Field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
         """The summary as rows of metric and value."""
@@ -164,6 +191,9 @@ class BackfillReport(BaseModel):
             {"metric": "seconds", "value": round(self.seconds, 2)},
             {"metric": "chunks", "value": self.chunks},
             {"metric": "failed chunks", "value": self.failed_chunks},
+            {"metric": "pauses", "value": self.pauses},
+            {"metric": "verified", "value": self.verified},
+            {"metric": "verified ok", "value": self.verified_ok},
         ]
         if self.plan_id:
             rows += [
@@ -171,6 +201,7 @@ class BackfillReport(BaseModel):
                 {"metric": "changed since plan", "value": self.changed_since_plan},
                 {"metric": "skipped (done)", "value": self.skipped},
             ]
+        rows += [{"metric": "mismatch", "value": str(m)} for m in self.mismatches]
         if self.reason:
             rows.append({"metric": "reason", "value": self.reason})
         rows += [{"metric": f"error x{e.count}", "value": e.error} for e in self.top_errors]
@@ -202,6 +233,9 @@ class BackfillReport(BaseModel):
             failed=values["failed"],
             chunks=values.get("chunks", 0),
             failed_chunks=values.get("failed chunks", 0),
+            pauses=values.get("pauses", 0),
+            verified=values.get("verified", 0),
+            verified_ok=values.get("verified ok", 0),
             top_errors=errors,
             seconds=values["seconds"],
             records_per_second=values["records/s"],
@@ -459,6 +493,8 @@ class ChunkRunner:
         uris = {i.record_id: i.uri for i in items}
         errors = [_pattern(f.error, uris.get(f.record_id)) for f in failures]
         errors += [_pattern(r.reason, uris.get(r.record_id or 0)) for r in posted.rejected]
+        rejected = {r.record_id for r in posted.rejected}
+        written = [] if dry_run else [o.record_id for o in outcomes if o.result is not None]
         return ChunkReport(
             first_id=items[0].record_id,
             last_id=items[-1].record_id,
@@ -469,6 +505,7 @@ class ChunkRunner:
             failed=len(failures),
             errors=errors,
             seconds=time.perf_counter() - started,
+            written=[i for i in written if i not in rejected],
         )
 
 
@@ -640,7 +677,9 @@ def run_backfill(
             local = context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
             pool = stack.enter_context(compute_pool(spec)) if local else None
             runner = ChunkRunner(spec, params, settings, client, pool)
-            report = record.report = _Run(runner, plan).execute()
+            run = _Run(runner, plan)
+            report = run.execute()
+            report = record.report = _verified(report, runner, run.written)
     create_table_artifact(
         key=f"{spec.kind.value}-summary",
         table=report.table(),
@@ -649,6 +688,105 @@ def run_backfill(
     if report.status == "failed":
         raise BackfillFailed(report)
     return report
+
+
+def _verified(report: BackfillReport, runner: ChunkRunner, written: Reservoir) -> BackfillReport:
+    """The report after verification (`verify_sample`): a mismatch fails the run.
+
+    Nothing is verified in a dry run, or when the run failed already."""
+    params = runner.params
+    if params.dry_run or report.status == "failed" or not params.verify_sample:
+        return report
+    logger = get_run_logger()
+    started = time.perf_counter()
+    check: Verification = verify_sample(runner, written.draw(params.verify_sample))
+    if check.sampled:
+        logger.info(
+            "verified %d of %d sampled records in %.2fs",
+            check.ok,
+            check.sampled,
+            time.perf_counter() - started,
+        )
+    update: dict[str, Any] = {
+        "verified": check.sampled,
+        "verified_ok": check.ok,
+        "mismatches": check.mismatches,
+    }
+    if check.mismatches:
+        listed = "; ".join(str(m) for m in check.mismatches[:REASON_MISMATCHES])
+        more = len(check.mismatches) - REASON_MISMATCHES
+        update |= {
+            "status": "failed",
+            "reason": f"verification failed: {check.sampled - check.ok} of {check.sampled} "
+            f"sampled records differ from what the API stores: {listed}"
+            + (f"; and {more} more" if more > 0 else ""),
+        }
+    return report.model_copy(update=update)
+
+
+def pause_run(
+    client: BackfillClient,
+    kind: BackfillKind,
+    reason: str,
+    top_errors: list[ErrorCount],
+    timeout: int,
+) -> str | None:
+    """Pause the calling flow run (the circuit breaker) until it is resumed.
+
+    The run shows Paused in the Prefect UI with `reason` as the state message, and a
+    markdown artifact (key `<kind>-paused`) with the reason and the top errors. Returns None
+    once resumed (Resume in the UI, or `backfill resume ID`); otherwise why the run must stop
+    instead: not resumed within `timeout` s, cancelled while paused, or no Prefect server an
+    operator could resume it from (a run in a temporary server: `backfill run` without
+    PREFECT_API_URL).
+
+    An in-process pause (like Prefect's `pause_flow_run`, which takes no message): the flow
+    keeps its cursor, its counts and its compute pool in memory while it waits, so nothing is
+    redone. (`suspend_flow_run` would end the process and rerun the flow from the start.)
+    """
+    logger = get_run_logger()
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or not PREFECT_API_URL.value():
+        return (
+            f"{reason}; stopped, not paused: no Prefect server to resume this run from "
+            "(PREFECT_API_URL is not set); run it again to continue"
+        )
+    flow_run_id = context.flow_run.id
+    errors = "\n".join(f"| {e.count} | {e.error.replace('|', '/')} |" for e in top_errors)
+    create_markdown_artifact(
+        key=f"{kind.value}-paused",
+        markdown=f"# {kind.value}: paused\n\n{reason}\n\n"
+        + (f"| count | error |\n|---|---|\n{errors}\n\n" if errors else "")
+        + f"Resume in the Prefect UI, or `uv run backfill resume {flow_run_id}`; not resumed "
+        f"within {timeout} s, the run ends Failed.",
+        description=f"{kind.value}: paused by the circuit breaker",
+    )
+    state: State[Any] = Paused(
+        timeout_seconds=timeout + PAUSE_GRACE_SECONDS,
+        pause_key=f"circuit-breaker-{random.getrandbits(64):016x}",
+        message=reason,
+    )
+    with get_client(sync_client=True) as prefect:
+        try:
+            paused = propose_state_sync(prefect, state, flow_run_id=flow_run_id)
+        except Abort as exc:
+            return f"{reason}; stopped, Prefect refused to pause the run: {exc}"
+        if not paused.is_paused():
+            return f"{reason}; stopped, Prefect refused to pause the run ({paused.name})"
+        record_event(client, "pause", reason)
+        logger.warning("paused: %s; resume the flow run to continue", reason)
+        deadline = time.monotonic() + timeout
+        while True:
+            time.sleep(max(0.0, min(PAUSE_POLL_SECONDS, deadline - time.monotonic())))
+            now = prefect.read_flow_run(flow_run_id).state
+            if now is not None and now.is_running():
+                record_event(client, "resume", reason)
+                logger.info("resumed: continuing where the run paused")
+                return None
+            if now is None or not now.is_paused():
+                return f"{reason}; stopped: the run left its pause as {now.name if now else None}"
+            if time.monotonic() >= deadline:
+                return f"{reason}; paused and not resumed within pause_timeout={timeout} s"
 
 
 class _Run:
@@ -669,6 +807,15 @@ class _Run:
         self.expected: int | None = None
         self.progress_id: Any = None
         self.progress_at = time.monotonic()
+        # Circuit breaker: why the run should pause (set as a chunk comes back, acted on
+        # before the next one is submitted).
+        self.breaker = CircuitBreaker.from_params(self.params)
+        self.pause_reason: str | None = None
+        self.paused_seconds = 0.0  # not counted in the run's seconds and records/s
+        # Verification: the items of chunks in flight (by task run id), and a uniform
+        # sample of the records written.
+        self.submitted: dict[Any, list[PendingItem]] = {}
+        self.written = Reservoir()
 
     def execute(self) -> BackfillReport:
         started = time.perf_counter()
@@ -684,9 +831,12 @@ class _Run:
             for chunk in self._chunks():
                 while self.in_flight >= self.concurrency:
                     self._collect_one()
+                if self.pause_reason is not None and self.stop_reason is None:
+                    self._pause()
                 if self.stop_reason or self.halted:
                     break
                 future = process_chunk.submit(*self._arguments(chunk))
+                self.submitted[future.task_run_id] = chunk
                 future.add_done_callback(self.done.put)
                 self.in_flight += 1
         except APIError as exc:
@@ -696,7 +846,7 @@ class _Run:
             self._stop(f"cannot page pending work: {exc}")
         self._drain()
         update_progress_artifact(self.progress_id, progress=100.0)
-        return self._report(time.perf_counter() - started)
+        return self._report(time.perf_counter() - started - self.paused_seconds)
 
     def _arguments(self, chunk: list[PendingItem]) -> tuple[ChunkRunner, list[PendingItem]]:
         """A chunk task's arguments. On the local runner they are quoted: Prefect would
@@ -709,6 +859,25 @@ class _Run:
     def _drain(self) -> None:
         while self.in_flight:
             self._collect_one()
+
+    def _pause(self) -> None:
+        """The circuit breaker tripped: finish the chunks in flight, then pause the flow run
+        until it is resumed (and go on from the cursor), or stop with the reason."""
+        self._drain()
+        reason, self.pause_reason = self.pause_reason, None
+        if reason is None or self.stop_reason is not None:
+            return
+        top = [ErrorCount(error=e, count=n) for e, n in self.errors.most_common(TOP_ERRORS)]
+        paused_at = time.perf_counter()
+        stopped = pause_run(
+            self.runner.client, self.spec.kind, reason, top, self.params.pause_timeout
+        )
+        self.paused_seconds += time.perf_counter() - paused_at
+        if stopped is not None:
+            self._stop(stopped)
+            return
+        self.totals["pauses"] += 1
+        self.breaker.reset()
 
     def _expected(self) -> int | None:
         """About how many records this run will process (coverage is not filtered)."""
@@ -805,6 +974,7 @@ class _Run:
             except queue.Empty:
                 continue
         self.in_flight -= 1
+        items = self.submitted.pop(future.task_run_id, [])
         try:
             chunk = future.result()
         except Exception as exc:  # a bug in a chunk
@@ -824,7 +994,17 @@ class _Run:
             failed=chunk.failed,
         )
         self.errors.update(chunk.errors)
-        if not self.halted and self._failure_ratio_exceeded(at_least=self._sample()):
+        if chunk.written:
+            written = set(chunk.written)
+            self.written.offer(i for i in items if i.record_id in written)
+        # Failures only: a rejection is the API refusing one write (mostly a conflict: another
+        # run or a person got there first), no sign that this run's environment is broken.
+        tripped = self.breaker.record(chunk.items, chunk.failed)
+        if tripped is not None and self.pause_reason is None:
+            self.pause_reason = tripped
+        if self.breaker.enabled:
+            pass  # the breaker pauses; `max_failure_ratio` judges at the end
+        elif not self.halted and self._failure_ratio_exceeded(at_least=self._sample()):
             # Submit no more, and end Failed with this reason: chunks never submitted are not
             # "completed", even if the final ratio happens to fall back under the limit.
             self.halted = True
@@ -890,6 +1070,7 @@ class _Run:
             failed=t["failed"],
             chunks=t["chunks"],
             failed_chunks=t["failed_chunks"],
+            pauses=t["pauses"],
             top_errors=[
                 ErrorCount(error=e, count=n) for e, n in self.errors.most_common(TOP_ERRORS)
             ],

@@ -158,6 +158,9 @@ def combine(
         failed=sum(r.failed for r in reports),
         chunks=sum(r.chunks for r in reports),
         failed_chunks=sum(r.failed_chunks for r in reports),
+        pauses=sum(r.pauses for r in reports),
+        verified=sum(r.verified for r in reports),
+        verified_ok=sum(r.verified_ok for r in reports),
         top_errors=[
             ErrorCount(error=e, count=n)
             for e, n in sorted(errors.items(), key=lambda en: -en[1])[:TOP_ERRORS]

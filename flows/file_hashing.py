@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from api.schemas import BackfillKind, HashAlgorithm, HashResult
+from api.schemas import BackfillKind, HashAlgorithm, HashResult, MediaPublic
 from flows.compute.hashing import COMPUTE_VERSION, hash_file
 from flows.engine import BackfillReport, backfill_flow, run_backfill
-from flows.spec import Backfill, BackfillParams, Job
+from flows.spec import Backfill, BackfillParams, Job, Mismatch, differences
 
 
 class HashingParams(BackfillParams):
@@ -35,12 +35,20 @@ def compute_hash(job: Job[HashingParams]) -> HashResult:
     return HashResult(record_id=job.item.record_id, hash=digest, algorithm=algorithm)
 
 
+def same_digest(result: HashResult, stored: MediaPublic) -> list[Mismatch]:
+    """Verification: the record's stored digest of the result's algorithm is the one recomputed."""
+    digest = stored.digests.get(result.algorithm)
+    name = f"{result.algorithm.value} digest"
+    return differences(stored.id, {name: digest and digest.digest}, {name: result.hash})
+
+
 FILE_HASHING = Backfill(
     kind=BackfillKind.FILE_HASHING,
     result_model=HashResult,
     compute=compute_hash,
     compute_version=COMPUTE_VERSION,
     executor="thread",
+    compare=same_digest,
 )
 
 

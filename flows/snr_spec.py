@@ -13,7 +13,7 @@ from pydantic import Field
 
 from api.schemas import BackfillKind, SnrFrequencyResult
 from flows.compute.audio import COMPUTE_VERSION, analyse_audio, warm_up
-from flows.spec import MAX_CONCURRENCY, Backfill, BackfillParams, Concurrency, Job
+from flows.spec import MAX_CONCURRENCY, Backfill, BackfillParams, Concurrency, Job, SameFields
 
 Workers = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
 
@@ -42,4 +42,6 @@ SNR_FREQUENCY = Backfill(
     compute_version=COMPUTE_VERSION,
     executor="process",
     warmup=warm_up,
+    # The analysis is deterministic; a relative 1e-6 absorbs float noise across machines.
+    compare=SameFields(("snr", "frequency"), tolerances=(("snr", 1e-6), ("frequency", 1e-6))),
 )

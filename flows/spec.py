@@ -19,7 +19,8 @@ pay for Prefect on start-up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from api.schemas import (
     MAX_BATCH_ITEMS,
     BackfillKind,
+    MediaPublic,
     MediaType,
     PendingFilter,
     PendingItem,
@@ -57,6 +59,12 @@ ShardCount = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
 MAX_FAN_OUT = 256
 Shards = Annotated[int, Field(ge=1, le=MAX_FAN_OUT)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+#: Records in the circuit breaker's sliding window (0: no window).
+PauseWindow = Annotated[int, Field(ge=0, le=1_000_000)]
+#: Consecutive chunks failing outright before the circuit breaker pauses (0: never).
+PauseChunks = Annotated[int, Field(ge=0, le=10_000)]
+#: Seconds a paused run waits for Resume (at most 30 days).
+PauseTimeout = Annotated[int, Field(ge=1, le=30 * 86_400)]
 Concurrency = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
 
 
@@ -112,6 +120,32 @@ class BackfillParams(BaseModel):
         None,
         description="Apply this plan (`backfill plan`): exactly its records, each skipped if "
         "it changed since the plan or is done; empty for the pending work.",
+    )
+    # --- circuit breaker and verification (flows.breaker, flows.verify) ---
+    pause_window: PauseWindow = Field(
+        200,
+        description="Circuit breaker: pause the run (Resume in the Prefect UI continues it) "
+        "when more than pause_failure_ratio of the last this many records failed; 0 turns "
+        "this check off.",
+    )
+    pause_failure_ratio: Ratio = Field(
+        0.5,
+        description="Circuit breaker: the share of failed records in the window above which "
+        "the run pauses (0 to 1).",
+    )
+    pause_failed_chunks: PauseChunks = Field(
+        3,
+        description="Circuit breaker: pause after this many consecutive chunks in which "
+        "every record failed; 0 turns this check off.",
+    )
+    pause_timeout: PauseTimeout = Field(
+        12 * 3600,
+        description="Seconds a paused run waits for Resume before it ends Failed.",
+    )
+    verify_sample: Ratio = Field(
+        0.01,
+        description="After the run, recompute this share of the records it applied (at "
+        "most 100) and end Failed if the API stores other values; 0 verifies nothing.",
     )
 
     @model_validator(mode="after")
@@ -185,6 +219,72 @@ class Planned(BaseModel):
     note: str
 
 
+class Mismatch(BaseModel):
+    """A verified record whose stored value differs from what recomputing it gives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record_id: int
+    field: str
+    stored: Any = None
+    recomputed: Any = None
+
+    def __str__(self) -> str:
+        return (
+            f"record {self.record_id} {self.field}: stored {self.stored!r}, "
+            f"recomputed {self.recomputed!r}"
+        )
+
+
+def differences(
+    record_id: int,
+    stored: Mapping[str, Any],
+    recomputed: Mapping[str, Any],
+    tolerances: Mapping[str, float] | None = None,
+) -> list[Mismatch]:
+    """The fields of `recomputed` that `stored` does not hold; a number with a tolerance in
+    `tolerances` matches within it (relative or absolute, whichever is looser)."""
+    found = []
+    for field, value in recomputed.items():
+        have = stored.get(field)
+        tolerance = (tolerances or {}).get(field)
+        if (
+            tolerance is not None
+            and isinstance(have, int | float)
+            and isinstance(value, int | float)
+        ):
+            same = math.isclose(have, value, rel_tol=tolerance, abs_tol=tolerance)
+        else:
+            same = have == value
+        if not same:
+            found.append(Mismatch(record_id=record_id, field=field, stored=have, recomputed=value))
+    return found
+
+
+@dataclass(frozen=True)
+class SameFields:
+    """A `compare` hook: these fields of a result equal the stored record's, numbers within
+    their tolerance. `stored_as` names a stored field that is called otherwise."""
+
+    fields: tuple[str, ...]
+    tolerances: tuple[tuple[str, float], ...] = ()
+    stored_as: tuple[tuple[str, str], ...] = ()
+
+    def __call__(self, result: BaseModel, stored: MediaPublic) -> list[Mismatch]:
+        got, have = result.model_dump(mode="json"), stored.model_dump(mode="json")
+        names = dict(self.stored_as)
+        return differences(
+            stored.id,
+            {field: have.get(names.get(field, field)) for field in self.fields},
+            {field: got[field] for field in self.fields},
+            dict(self.tolerances),
+        )
+
+
+#: A kind's own verification of sampled records (see `Backfill.verify`).
+Verifier = Callable[["BackfillClient", ClientSettings, list[PendingItem]], list[Mismatch]]
+
+
 #: Opens the local file of a pending item for the length of `compute` (see flows.media).
 Opener = Callable[[ClientSettings, PendingItem], AbstractContextManager[Path]]
 
@@ -216,6 +316,14 @@ class Backfill(Generic[P, R]):
     #: claims the item for this run and fetches what compute needs (into `Job.context`), or
     #: returns `Skip`. Raise `MediaError` for a bad item; compute itself makes no API calls.
     claim: Callable[[BackfillClient, Job[P]], Job[P] | Skip] | None = None
+    #: Verification (`verify_sample`): compare a recomputed result with the stored media
+    #: record of its item; the fields that differ (see `differences`). None: not verified
+    #: by recomputing.
+    compare: Callable[[R, MediaPublic], list[Mismatch]] | None = None
+    #: Verification done another way, instead of recomputing and `compare` (clip-compile
+    #: checks the output file against its record rather than rendering again): gets the run's
+    #: client, settings and the sampled items, returns the mismatches.
+    verify: Verifier | None = None
 
 
 @dataclass(frozen=True)

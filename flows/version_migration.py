@@ -28,7 +28,7 @@ from flows.compute.probe import probe
 from flows.engine import BackfillReport, backfill_flow, run_backfill
 from flows.media import local_media
 from flows.settings import ClientSettings
-from flows.spec import Backfill, BackfillParams, Job
+from flows.spec import Backfill, BackfillParams, Job, SameFields
 
 #: The record fields a migration step reads (what `/backfills/version-0/pending` returns).
 RECORD_FIELDS = frozenset(
@@ -100,6 +100,9 @@ VERSION_0 = Backfill(
     compute_version=COMPUTE_VERSION,
     executor="thread",
     open_file=legacy_media,
+    compare=SameFields(
+        ("uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version")
+    ),
 )
 
 

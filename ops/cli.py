@@ -562,5 +562,24 @@ def runs(
     console.print(table)
 
 
+# --- resume (circuit breaker) ---------------------------------------------------------------
+
+
+@app.command()
+def resume(
+    flow_run_id: Annotated[str, typer.Argument(help="The paused flow run's id.")],
+) -> None:
+    """Resume a flow run the circuit breaker paused (what Resume in the Prefect UI does)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise fail("PREFECT_API_URL is not set: which Prefect server holds the run?", 2)
+    from flows.breaker import resume as resume_run
+
+    try:
+        state = resume_run(flow_run_id)
+    except ValueError as exc:
+        raise fail(str(exc), 1) from None
+    console.print(f"flow run {flow_run_id}: {state}")
+
+
 if __name__ == "__main__":  # pragma: no cover - the console script calls `app`
     app(prog_name="backfill")

@@ -31,7 +31,7 @@ from api.schemas import (
 from flows.client import APIConnectionError, BackfillClient
 from flows.clip_compile import clip_compile
 from flows.compute.render import probe_media
-from flows.engine import BackfillFailed
+from flows.engine import BackfillFailed, ProgressUpdate, progress_listener
 from tests.conftest import ROOT, LiveApi
 from tests.flows.test_leftovers import age, start_render, writers  # noqa: F401 - fixture
 from tests.media import count_frames, decode_audio, rms, write_video
@@ -176,10 +176,12 @@ def test_clip_compile_renders_queued_projects(
     plain = create_project(api, "plain", "bob", [ClipIn(media_id=c, start=0.5, end=2.0)], fps=10)
     output_root = media_root / "compiled"
 
-    report = clip_compile()
+    report = clip_compile(verify_sample=1.0)
 
     assert report.status == "completed"
     assert (report.processed, report.applied, report.failed, report.rejected) == (2, 2, 0, 0)
+    # Verified: each output file's sha256 and duration against its record (no re-render).
+    assert (report.verified, report.verified_ok, report.mismatches) == (2, 2, [])
     # Timelines: intro + clip + transition + clip + outro; the third clip is dropped.
     timelines = {fancy: (0.5 + 1.0 + 0.5 + 0.8 + 0.5, 24.0, 32), plain: (1.5, 10.0, 48)}
     with api_client(api) as client:
@@ -209,6 +211,32 @@ def test_clip_compile_renders_queued_projects(
     assert usage_rows(api) == {fancy: 1, plain: 1}
     assert remaining_seconds(api, fancy) == pytest.approx(60 - 3.3, abs=1 / 24)
     assert clip_compile().processed == 0  # nothing is left to do
+
+
+def test_clip_compile_verification_finds_an_output_file_changed_behind_its_record(
+    client_env: LiveApi, media_root: Path, videos: dict[str, int]
+) -> None:
+    project_id = create_project(
+        client_env, "plain", "bob", [ClipIn(media_id=videos["c"], start=0.5, end=2.0)], fps=10
+    )
+
+    def tamper(update: ProgressUpdate) -> None:
+        """Once the project is compiled, and before verification, its file is changed."""
+        if update.applied == 1:
+            (output,) = (media_root / "compiled").glob("*.mp4")
+            with output.open("ab") as file:
+                file.write(b"\x00")
+
+    with progress_listener(tamper), pytest.raises(BackfillFailed) as failed:
+        clip_compile(verify_sample=1.0)
+
+    report = failed.value.report
+    assert (report.applied, report.verified, report.verified_ok) == (1, 1, 0)
+    (mismatch,) = report.mismatches
+    assert (mismatch.record_id, mismatch.field) == (project_id, "hash")
+    record = api_client(client_env).get_media(read_project(client_env, project_id).output_media_id)
+    assert mismatch.stored == record.hash and mismatch.recomputed != record.hash
+    assert report.reason is not None and report.reason.startswith("verification failed: 1 of 1")
 
 
 def test_clip_compile_lost_answer_is_replayed_and_usage_counted_once(
