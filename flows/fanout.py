@@ -10,8 +10,8 @@ Instead of processing records itself, the run (the *parent*):
    written (upserted) by every fanned-out run, so it never drifts from its template;
 2. starts N child runs of that twin through `run_deployment` (subflows: linked to the parent
    in the UI), child `i` with `shard_index=i, shard_count=N, shards=1` and the parent's other
-   parameters (`limit` split between them), each under the idempotency key
-   `<parent flow run id>/shard-<i>-of-<N>`. Any worker of the pool takes them;
+   parameters (`limit` and `max_records_per_second` split between them), each under the
+   idempotency key `<parent flow run id>/shard-<i>-of-<N>`. Any worker of the pool takes them;
 3. polls them until every one is final (or `SHARD_DEADLINE` passes), moving its progress
    artifact with theirs, then reads each child's summary artifact (artifacts live on the
    Prefect server: every machine can read them; a result would need shared storage), and
@@ -112,6 +112,10 @@ def shard_parameters(params: BackfillParams, index: int) -> dict[str, Any]:
         "shard_index": index,
         "shard_count": params.shards,
         "limit": shard_limit(params.limit, params.shards, index),
+        # Each shard paces itself to its share: together they keep the run's pace.
+        "max_records_per_second": params.max_records_per_second / params.shards
+        if params.max_records_per_second is not None
+        else None,
     }
 
 

@@ -50,6 +50,7 @@ MAX_FAN_OUT = 256
 Shards = Annotated[int, Field(ge=1, le=MAX_FAN_OUT)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 Concurrency = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
+RecordsPerSecond = Annotated[float | None, Field(gt=0)]
 
 
 class BackfillParams(BaseModel):
@@ -96,6 +97,11 @@ class BackfillParams(BaseModel):
     )
     concurrency: Concurrency = Field(
         None, description="Chunks in flight at once; empty for one more than the CPU cores."
+    )
+    max_records_per_second: RecordsPerSecond = Field(
+        None,
+        description="Pace this run to at most this many records a second, over all its "
+        "chunks (shared out between its shards); empty for no limit.",
     )
 
     @model_validator(mode="after")
