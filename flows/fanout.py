@@ -29,8 +29,9 @@ Served deployments (`python -m deployments.serve`, no work pool) have their twin
 beside them, so a fanned-out run's children run there too (on that one machine).
 
 A parent that is not a deployment run (a flow called in-process, `backfill run ... --shards`)
-fans out on `<kind>/nightly`'s twin: the children need a deployment on a pool either way, and
-the nightly one is the deployment every installation has.
+fans out on `<kind>/adhoc`'s twin: the children need a deployment on a pool either way, and
+an operator's one-off belongs on the lower-priority `adhoc` queue (docs/operations.md,
+"Budgets").
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ from flows.spec import BackfillParams
 
 #: The twin deployment of shard runs is named after its template with this suffix.
 SHARDS_SUFFIX = "-shards"
-#: The deployment a parent that is not a deployment run fans out from.
-DEFAULT_DEPLOYMENT = "nightly"
+#: The deployment a parent that is not a deployment run fans out from (an operator's run).
+DEFAULT_DEPLOYMENT = "adhoc"
 #: Seconds between two polls of the children (one call for their states, one for progress).
 POLL_SECONDS = 2.0
 #: Longest a parent waits for its children; a child not final by then counts as failed (it
