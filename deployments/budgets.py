@@ -63,7 +63,14 @@ def set_queues(client: SyncPrefectClient, pool: str) -> dict[str, int]:
             client.create_work_queue(name=name, work_pool_name=pool, priority=priority)
         else:
             if queue.priority != priority:
-                client.update_work_queue(queue.id, priority=priority)
+                # The work pool's route: it moves the other queues' priorities out of the
+                # way (`update_work_queue`'s legacy route would leave two queues at 1).
+                client.request(
+                    "PATCH",
+                    "/work_pools/{work_pool_name}/queues/{name}",
+                    path_params={"work_pool_name": pool, "name": name},
+                    json={"priority": priority},
+                ).raise_for_status()
     return {q.name: q.priority for q in client.read_work_queues(work_pool_name=pool)}
 
 

@@ -107,12 +107,12 @@ def test_serve_builds_what_prefect_deploy_builds() -> None:
     from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
 
     configs, actions = _prefect_deploy_view()
-    specs = {spec.entrypoint: spec for spec in present(load_definitions())}
+    specs = {(spec.entrypoint, spec.name): spec for spec in present(load_definitions())}
     assert specs, "no flow module present"
     for config in configs:
-        if config["entrypoint"] not in specs:
+        if (config["entrypoint"], config["name"]) not in specs:
             continue
-        served = specs[config["entrypoint"]].to_deployment()
+        served = specs[config["entrypoint"], config["name"]].to_deployment()
         assert served.name == config["name"]
         assert served.entrypoint == config["entrypoint"]
         assert served.description == config["description"]
