@@ -277,9 +277,20 @@ def test_an_api_limit_of_one_serialises_the_writes_of_two_runs(
             finally:
                 for run in runs:
                     stop_group(run)
-        with prefect_server.client() as client:
-            limit = client.read_global_concurrency_limit_by_name(
-                api_limit_name(BackfillKind.FILE_HASHING)
+            with prefect_server.client() as client:
+                limit = client.read_global_concurrency_limit_by_name(
+                    api_limit_name(BackfillKind.FILE_HASHING)
+                )
+            serialised = sorted(recorder.posts), recorder.most_in_flight
+            # The control: without the limit, one such run alone overlaps its writes.
+            delete_api_limits(prefect_server)
+            recorder.posts, recorder.most_in_flight = [], 0
+            deploy_api.register_files("unlimited", [100 + i for i in range(15)])
+            control = prefect_server.cli(
+                "uv run backfill run file-hashing --batch-size 5 --concurrency 3 --verbose",
+                BACKFILL_API_URL=proxy,
+                BACKFILL_API_TOKEN=deploy_api.api.admin_token,
+                BACKFILL_MEDIA_ROOT=str(deploy_api.media_root),
             )
     finally:
         delete_api_limits(prefect_server)
@@ -289,12 +300,15 @@ def test_an_api_limit_of_one_serialises_the_writes_of_two_runs(
         assert "API writes hold a slot of backfill-api-file-hashing (limit 1)" in output
     assert None not in deploy_api.hashes().values()
     # 40 records in chunks of 5: eight batch POSTs, one at a time, never overlapping.
-    posts = sorted(recorder.posts)
+    posts, most_in_flight = serialised
     assert len(posts) == 8
-    assert recorder.most_in_flight == 1
+    assert most_in_flight == 1
     assert all(later[0] >= earlier[1] for earlier, later in zip(posts, posts[1:], strict=False))
     assert limit.active_slots == 0  # every slot released
     print(f"8 posts of two runs, serialised over {posts[-1][1] - posts[0][0]:.2f} s")
+    assert "no concurrency limit backfill-api-file-hashing" in control.stdout + control.stderr
+    assert len(recorder.posts) == 3 and recorder.most_in_flight >= 2
+    print(f"without the limit: {recorder.most_in_flight} writes at once")
 
 
 def test_operations_doc_shows_the_budget_commands() -> None:
