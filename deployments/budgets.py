@@ -9,7 +9,7 @@ Idempotent, run it again whenever you like:
   their priority set: a worker takes the runs of a lower number first, so nightly runs go
   before an operator's ad-hoc ones (`prefect.yaml` puts each deployment on one of them);
 - a Prefect global concurrency limit `backfill-api-<kind>` is created for every kind that
-  has none (`--api-limit` slots, default 4): every run of that kind holds one slot around
+  has none (`--api-limit` slots, default 8): every run of that kind holds one slot around
   each chunk's API writes (flows.budgets). An existing limit keeps its value: change it with
   `prefect gcl update backfill-api-<kind> --limit N`; `prefect gcl inspect` shows who holds
   its slots.
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 #: The work queues of the pool and their priority (a lower number is taken first).
 QUEUES = {"nightly": 1, "adhoc": 10}
 #: Slots of a new `backfill-api-<kind>` limit: API writes of one kind at once, all runs.
-DEFAULT_API_LIMIT = 4
+DEFAULT_API_LIMIT = 8
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 console = Console()
