@@ -256,14 +256,14 @@ def test_an_api_limit_of_one_serialises_the_writes_of_two_runs(
                 BACKFILL_API_TOKEN=deploy_api.api.admin_token,
                 BACKFILL_MEDIA_ROOT=str(deploy_api.media_root),
             )
-            # Two runs at once (two halves of the work), one chunk in flight each. (Prefect's
+            # Two runs at once (two halves of the work), two chunks in flight each. (Prefect's
             # waiters poll: with many of them on one slot the server's Retry-After grows to
             # 30 s, and the test would measure that rather than the limit.)
             runs = [
                 spawn(
                     f"backfill run shard {index}",
                     shlex.split(
-                        "uv run backfill run file-hashing --batch-size 5 --concurrency 1 "
+                        "uv run backfill run file-hashing --batch-size 5 --concurrency 2 "
                         f"--shard-count 2 --shard-index {index} --verbose"
                     ),
                     cwd=ROOT,
