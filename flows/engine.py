@@ -75,6 +75,7 @@ from api.schemas import (
     ReprocessMode,
 )
 from flows.breaker import CircuitBreaker
+from flows.budgets import Pacer, api_limit, api_slot
 from flows.client import APIError, BackfillClient, is_retryable
 from flows.compute.errors import MediaError
 from flows.media import sweep_downloads
@@ -405,6 +406,12 @@ class ChunkRunner:
     token, its media root), client and pool, once per process and run.
     """
 
+    #: Budgets (flows.budgets), set by `run_backfill`: the run's pacer, shared by its chunks
+    #: on this machine (a remote runner's chunks are paced as the run submits them), and the
+    #: kind's Prefect concurrency limit held around each chunk's API writes.
+    pacer: Pacer | None = None
+    api_limit: str | None = None
+
     def __init__(
         self,
         spec: Backfill[Any, Any],
@@ -426,10 +433,12 @@ class ChunkRunner:
             "client_class": type(self.client),
             "flow_run_id": self.client.flow_run_id,
             "idempotency_scope": self.client.idempotency_scope,
+            "api_limit": self.api_limit,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.spec, self.params = state["spec"], state["params"]
+        self.api_limit = state.get("api_limit")
         self.settings, self.client, self.pool = _worker_resources(
             self.spec, state["client_class"], state["flow_run_id"], state["idempotency_scope"]
         )
@@ -475,7 +484,6 @@ class ChunkRunner:
 
     def process(self, items: list[PendingItem]) -> ChunkReport:
         started = time.perf_counter()
-        kind, dry_run = self.spec.kind, self.params.dry_run
         outcomes = self.compute(items)
         results = [o.result for o in outcomes if o.result is not None]
         failures = [
@@ -483,18 +491,16 @@ class ChunkRunner:
             for o in outcomes
             if o.error is not None
         ]
-        posted = BatchResult(dry_run=dry_run)
-        if results:
-            posted = self.client.post_results(kind, results, dry_run=dry_run)
+        posted = self._post(results, failures, items)
         planned = sum(o.planned is not None for o in outcomes)  # would apply
         skipped = sum(o.skipped is not None for o in outcomes)  # another run's
-        if failures and not dry_run:
-            self.client.post_failures(kind, failures)
         uris = {i.record_id: i.uri for i in items}
         errors = [_pattern(f.error, uris.get(f.record_id)) for f in failures]
         errors += [_pattern(r.reason, uris.get(r.record_id or 0)) for r in posted.rejected]
         rejected = {r.record_id for r in posted.rejected}
-        written = [] if dry_run else [o.record_id for o in outcomes if o.result is not None]
+        written = (
+            [] if self.params.dry_run else [o.record_id for o in outcomes if o.result is not None]
+        )
         return ChunkReport(
             first_id=items[0].record_id,
             last_id=items[-1].record_id,
@@ -507,6 +513,24 @@ class ChunkRunner:
             seconds=time.perf_counter() - started,
             written=[i for i in written if i not in rejected],
         )
+
+    def _post(
+        self, results: list[BaseModel], failures: list[FailureItem], items: list[PendingItem]
+    ) -> BatchResult:
+        """Post the chunk's results, then its failures: within the run's pace, holding a
+        slot of the kind's API concurrency limit."""
+        kind, dry_run = self.spec.kind, self.params.dry_run
+        if self.pacer is not None:
+            self.pacer.take(len(items))
+        posted = BatchResult(dry_run=dry_run)
+        if not results and (not failures or dry_run):
+            return posted
+        with api_slot(self.api_limit):
+            if results:
+                posted = self.client.post_results(kind, results, dry_run=dry_run)
+            if failures and not dry_run:
+                self.client.post_failures(kind, failures)
+        return posted
 
 
 _worker_cache: dict[tuple[str, str], tuple[ClientSettings, BackfillClient, Executor]] = {}
@@ -677,6 +701,7 @@ def run_backfill(
             local = context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
             pool = stack.enter_context(compute_pool(spec)) if local else None
             runner = ChunkRunner(spec, params, settings, client, pool)
+            _set_budgets(runner, stack)
             run = _Run(runner, plan)
             report = run.execute()
             report = record.report = _verified(report, runner, run.written)
@@ -789,6 +814,15 @@ def pause_run(
                 return f"{reason}; paused and not resumed within pause_timeout={timeout} s"
 
 
+def _set_budgets(runner: ChunkRunner, stack: ExitStack) -> None:
+    """The run's pacer (stopped when the run ends, so no chunk waits on) and API limit."""
+    rate = runner.params.max_records_per_second
+    if rate is not None:
+        runner.pacer = Pacer(rate)
+        stack.callback(runner.pacer.stop)
+    runner.api_limit = api_limit(runner.spec.kind)
+
+
 class _Run:
     """The flow-side loop: page, submit, collect, stop early when something is wrong."""
 
@@ -835,6 +869,8 @@ class _Run:
                     self._pause()
                 if self.stop_reason or self.halted:
                     break
+                if self.runner.pool is None and self.runner.pacer is not None:
+                    self.runner.pacer.take(len(chunk))  # remote chunks: paced as submitted
                 future = process_chunk.submit(*self._arguments(chunk))
                 self.submitted[future.task_run_id] = chunk
                 future.add_done_callback(self.done.put)

@@ -10,8 +10,8 @@ Instead of processing records itself, the run (the *parent*):
    written (upserted) by every fanned-out run, so it never drifts from its template;
 2. starts N child runs of that twin through `run_deployment` (subflows: linked to the parent
    in the UI), child `i` with `shard_index=i, shard_count=N, shards=1` and the parent's other
-   parameters (`limit` split between them), each under the idempotency key
-   `<parent flow run id>/shard-<i>-of-<N>`. Any worker of the pool takes them;
+   parameters (`limit` and `max_records_per_second` split between them), each under the
+   idempotency key `<parent flow run id>/shard-<i>-of-<N>`. Any worker of the pool takes them;
 3. polls them until every one is final (or `SHARD_DEADLINE` passes), moving its progress
    artifact with theirs, then reads each child's summary artifact (artifacts live on the
    Prefect server: every machine can read them; a result would need shared storage), and
@@ -29,8 +29,9 @@ Served deployments (`python -m deployments.serve`, no work pool) have their twin
 beside them, so a fanned-out run's children run there too (on that one machine).
 
 A parent that is not a deployment run (a flow called in-process, `backfill run ... --shards`)
-fans out on `<kind>/nightly`'s twin: the children need a deployment on a pool either way, and
-the nightly one is the deployment every installation has.
+fans out on `<kind>/adhoc`'s twin: the children need a deployment on a pool either way, and
+an operator's one-off belongs on the lower-priority `adhoc` queue (docs/operations.md,
+"Budgets").
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ from flows.spec import BackfillParams
 
 #: The twin deployment of shard runs is named after its template with this suffix.
 SHARDS_SUFFIX = "-shards"
-#: The deployment a parent that is not a deployment run fans out from.
-DEFAULT_DEPLOYMENT = "nightly"
+#: The deployment a parent that is not a deployment run fans out from (an operator's run).
+DEFAULT_DEPLOYMENT = "adhoc"
 #: Seconds between two polls of the children (one call for their states, one for progress).
 POLL_SECONDS = 2.0
 #: Longest a parent waits for its children; a child not final by then counts as failed (it
@@ -112,6 +113,10 @@ def shard_parameters(params: BackfillParams, index: int) -> dict[str, Any]:
         "shard_index": index,
         "shard_count": params.shards,
         "limit": shard_limit(params.limit, params.shards, index),
+        # Each shard paces itself to its share: together they keep the run's pace.
+        "max_records_per_second": params.max_records_per_second / params.shards
+        if params.max_records_per_second is not None
+        else None,
     }
 
 

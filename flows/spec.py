@@ -66,6 +66,7 @@ PauseChunks = Annotated[int, Field(ge=0, le=10_000)]
 #: Seconds a paused run waits for Resume (at most 30 days).
 PauseTimeout = Annotated[int, Field(ge=1, le=30 * 86_400)]
 Concurrency = Annotated[int | None, Field(ge=1, le=MAX_CONCURRENCY)]
+RecordsPerSecond = Annotated[float | None, Field(gt=0)]
 
 
 class BackfillParams(BaseModel):
@@ -146,6 +147,11 @@ class BackfillParams(BaseModel):
         0.01,
         description="After the run, recompute this share of the records it applied (at "
         "most 100) and end Failed if the API stores other values; 0 verifies nothing.",
+    )
+    max_records_per_second: RecordsPerSecond = Field(
+        None,
+        description="Pace this run to at most this many records a second, over all its "
+        "chunks (shared out between its shards); empty for no limit.",
     )
 
     @model_validator(mode="after")

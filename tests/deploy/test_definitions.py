@@ -1,6 +1,7 @@
 """prefect.yaml and `deployments.serve` describe the same deployments, and those are what
 the issue asks for: five `nightly` deployments on the `backfills` pool, staggered at night
-in UTC, one run at a time. Fast: no server."""
+in UTC, one run at a time, and five `adhoc` twins for operators on the lower-priority `adhoc`
+queue. Fast: no server."""
 
 from __future__ import annotations
 
@@ -35,12 +36,12 @@ def present(specs: list[DeploymentSpec]) -> list[DeploymentSpec]:
 
 
 def test_prefect_yaml_has_one_nightly_deployment_per_flow() -> None:
-    specs = load_definitions()
+    specs = [spec for spec in load_definitions() if spec.name == "nightly"]
 
     assert sorted(spec.entrypoint for spec in specs) == sorted(ENTRYPOINTS.values())
     for spec in specs:
-        assert spec.name == "nightly"
         assert spec.work_pool.name == "backfills"
+        assert spec.work_pool.work_queue_name == "nightly"
         assert spec.concurrency_limit.limit == 1
         assert spec.concurrency_limit.collision_strategy == "ENQUEUE"
         assert spec.tags == ("corpus-backfills", "nightly")
@@ -60,6 +61,25 @@ def test_prefect_yaml_has_one_nightly_deployment_per_flow() -> None:
     assert len({start(spec) for spec in specs}) == len(specs), "staggered"
     assert order[0].entrypoint == ENTRYPOINTS[BackfillKind.VERSION_0]
     assert order[-1].entrypoint == ENTRYPOINTS[BackfillKind.CLIP_COMPILE]
+
+
+def test_each_flow_has_an_adhoc_deployment_on_the_adhoc_queue() -> None:
+    specs = load_definitions()
+    nightly = {spec.entrypoint: spec for spec in specs if spec.name == "nightly"}
+    adhoc = [spec for spec in specs if spec.name == "adhoc"]
+
+    assert sorted(spec.entrypoint for spec in adhoc) == sorted(ENTRYPOINTS.values())
+    assert {spec.name for spec in specs} == {"nightly", "adhoc"}
+    for spec in adhoc:
+        assert spec.work_pool.name == "backfills"
+        assert spec.work_pool.work_queue_name == "adhoc"
+        assert spec.schedules == ()  # an operator starts them
+        assert spec.tags == ("corpus-backfills", "adhoc")
+        # Its own one-at-a-time limit: an ad-hoc run never holds a nightly run's slot.
+        assert spec.concurrency_limit.limit == 1
+        assert spec.concurrency_limit.collision_strategy == "ENQUEUE"
+        assert spec.parameters == nightly[spec.entrypoint].parameters
+        assert spec.description.endswith("when an operator runs it.")
 
 
 @pytest.mark.parametrize("kind", list(ENTRYPOINTS), ids=lambda k: k.value)
@@ -87,12 +107,12 @@ def test_serve_builds_what_prefect_deploy_builds() -> None:
     from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
 
     configs, actions = _prefect_deploy_view()
-    specs = {spec.entrypoint: spec for spec in present(load_definitions())}
+    specs = {(spec.entrypoint, spec.name): spec for spec in present(load_definitions())}
     assert specs, "no flow module present"
     for config in configs:
-        if config["entrypoint"] not in specs:
+        if (config["entrypoint"], config["name"]) not in specs:
             continue
-        served = specs[config["entrypoint"]].to_deployment()
+        served = specs[config["entrypoint"], config["name"]].to_deployment()
         assert served.name == config["name"]
         assert served.entrypoint == config["entrypoint"]
         assert served.description == config["description"]
@@ -124,7 +144,9 @@ def test_serve_builds_a_shards_twin_beside_each_deployment() -> None:
         # one-at-a-time limit (which the parent holds while it waits for them).
         assert not twin.schedules
         assert twin.concurrency_limit is None
-        assert twin.tags == ["corpus-backfills", "shards"]
+        assert twin.tags == ["corpus-backfills", *(["adhoc"] if spec.name == "adhoc" else [])] + [
+            "shards"
+        ]
         assert twin.enforce_parameter_schema
 
 
@@ -153,8 +175,8 @@ def test_serve_check_lists_every_deployment(monkeypatch: pytest.MonkeyPatch) -> 
 
     assert result.exit_code == 0, result.output
     for spec in present(load_definitions()):
-        assert f"{spec.load_flow().name}/nightly" in result.stdout
-        assert spec.schedules[0].cron in result.stdout
+        assert f"{spec.load_flow().name}/{spec.name}" in result.stdout
+        assert all(schedule.cron in result.stdout for schedule in spec.schedules)
 
 
 def test_serve_refuses_a_missing_flow_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,15 +53,21 @@ def sha256(path: Path) -> str:
 
 
 def test_deploy_all_creates_the_nightly_deployments(deployed: Deployed) -> None:
-    specs = {spec.entrypoint: spec for spec in load_definitions()}
+    specs = {(spec.entrypoint, spec.name): spec for spec in load_definitions()}
     present = [spec for spec in specs.values() if spec.flow_file.is_file()]
-    assert len(deployed.deployments) == len(present) >= 2
+    assert len(deployed.deployments) == len(present) >= 4
 
     for name, deployment in deployed.deployments.items():
-        spec = specs[deployment.entrypoint]
-        assert name == f"{spec.load_flow().name}/nightly"
+        spec = specs[deployment.entrypoint, deployment.name]
+        assert name == f"{spec.load_flow().name}/{spec.name}"
         assert deployment.work_pool_name == "backfills"
-        assert deployment.work_queue_name == "default"
+        # Nightly runs on the `nightly` queue, operators' on `adhoc` (docs, "Budgets").
+        assert deployment.work_queue_name == spec.name
+        if spec.name == "adhoc":
+            assert deployment.schedules == []
+            assert deployment.tags == ["corpus-backfills", "adhoc"]
+            assert deployment.global_concurrency_limit.limit == 1
+            continue
         schedules = [(s.schedule.cron, s.schedule.timezone, s.active) for s in deployment.schedules]
         assert schedules == [(s.cron, "UTC", True) for s in spec.schedules]
         assert deployment.parameters == spec.parameters

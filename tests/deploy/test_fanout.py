@@ -55,7 +55,9 @@ def test_shard_limits_add_up_to_the_parent_limit() -> None:
 
 
 def test_shard_parameters_are_the_parents_as_one_shard() -> None:
-    params = DurationParams(shards=3, limit=10, batch_size=7, dry_run=True)
+    params = DurationParams(
+        shards=3, limit=10, batch_size=7, dry_run=True, max_records_per_second=30.0
+    )
     assert shard_parameters(params, 2) == {
         "batch_size": 7,
         "limit": 3,
@@ -68,6 +70,7 @@ def test_shard_parameters_are_the_parents_as_one_shard() -> None:
         "max_failure_ratio": 0.1,
         "concurrency": None,
         "plan_id": None,  # a plan's shards: each child applies its share of the plan
+        "max_records_per_second": 10.0,  # a third of the run's pace each
     }
     # Each child is valid, and runs (does not fan out again).
     assert DurationParams(**shard_parameters(params, 2)).shards == 1
