@@ -172,6 +172,9 @@ def combine(
         ],
         seconds=seconds,
         records_per_second=processed / seconds if seconds > 0 else 0.0,
+        plan_id=next((r.plan_id for r in reports if r.plan_id), None),
+        skipped=sum(r.skipped for r in reports),
+        changed_since_plan=sum(r.changed_since_plan for r in reports),
     )
 
 

@@ -108,6 +108,10 @@ def test_the_summary_table_reads_back_as_the_report() -> None:
         records_per_second=3.2,
     )
     assert BackfillReport.from_table(KIND, report.table()) == report
+    planned = report.model_copy(
+        update={"plan_id": "Xq3v9KpA", "skipped": 2, "changed_since_plan": 1}
+    )
+    assert BackfillReport.from_table(KIND, planned.table()) == planned
 
 
 def test_combine_sums_the_shards_and_names_the_failed_ones() -> None:
