@@ -110,7 +110,7 @@ QUICK = Sizes(
     overhead_repeat=1,
     cold_files=500,
     import_records=10_000,
-    scale_sizes=(1000, 10_000),
+    scale_sizes=(10_000, 20_000),
     scale_runs=5,
     e2e_files=2000,
 )
