@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from math import isfinite
 from pathlib import Path
 
@@ -444,12 +444,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=Path("/tmp/backfill-bench"), help="media files, kept"
     )
+    parser.add_argument(
+        "--e2e-files",
+        type=int,
+        help="tiny files of row i (default 100,000; 2,000 with --quick)",
+    )
+    parser.add_argument(
+        "--scale-max",
+        type=int,
+        help="largest corpus of row h (default 1,000,000; 20,000 with --quick)",
+    )
     args = parser.parse_args(argv)
     keys = [k for k in KEYS if k in args.only.replace(",", "").lower()]
     unknown = set(args.only.replace(",", "").lower()) - set(KEYS)
     if unknown or not keys:
         parser.error(f"--only takes letters of {','.join(KEYS)}")
     sizes = QUICK if args.quick else Sizes()
+    if args.e2e_files is not None:
+        sizes = replace(sizes, e2e_files=args.e2e_files)
+    if args.scale_max is not None:
+        sizes = replace(sizes, scale_sizes=(sizes.scale_sizes[0], args.scale_max))
     args.dir.mkdir(parents=True, exist_ok=True)
 
     console = Console()
