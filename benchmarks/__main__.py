@@ -8,7 +8,10 @@ the same run; prints a table and writes it as JSON.
 Rows: a. API batch apply vs direct database writes (SQLite, PostgreSQL); b. file-hashing end
 to end vs openssl; c. the legacy row-by-row ORM script vs the API path (SQLite, PostgreSQL);
 d. media-duration records/s; e. snr-frequency files/s with 1 and 2 workers; f. orchestration
-overhead (flow vs plain loop); g. cold start to the first record written.
+overhead (flow vs plain loop); g. cold start to the first record written; h. scale: bulk
+import rate, and page/write/coverage cost, `backfill status` and API memory at 10k and 1M
+records (SQLite, PostgreSQL); i. end to end over 100k tiny files (import, then
+media-duration) with 1 and 2 workers.
 
 PostgreSQL: `$BACKFILL_BENCH_PG_URL` (a disposable database: it is migrated and its media
 table emptied), else a throwaway cluster when initdb/pg_ctl are installed, else those rows
@@ -18,23 +21,35 @@ are marked skipped. One Prefect server serves every row that runs a flow.
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from math import isfinite
 from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks import api_apply, cold_start, duration, hashing, legacy_row_by_row, overhead
+from benchmarks import (
+    api_apply,
+    cold_start,
+    duration,
+    e2e,
+    hashing,
+    import_rate,
+    legacy_row_by_row,
+    overhead,
+    scale,
+)
 from benchmarks import snr_frequency as snr
 from benchmarks.pg import Unavailable, postgres
 from benchmarks.report import Row, fmt, load_average, machine, met, print_report, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = "abcdefg"
+KEYS = "abcdefghi"
 #: Short names for the table (a row adds its backend or worker count).
 NAMES = {
     "a": "API apply vs direct writes",
@@ -44,6 +59,8 @@ NAMES = {
     "e": "snr-frequency",
     "f": "orchestration overhead",
     "g": "cold start",
+    "h": "scale: import, 10k -> 1M",
+    "i": "end to end, tiny files",
 }
 TITLES = {
     "a": "API batch apply vs direct DB writes",
@@ -53,6 +70,8 @@ TITLES = {
     "e": "snr-frequency files/s",
     "f": "orchestration overhead (flow vs plain loop)",
     "g": "cold start to first record written",
+    "h": "scale: bulk import rate; page, write, coverage at 10k and 1M records",
+    "i": "end to end: import then media-duration over tiny files, 1 and 2 workers",
 }
 
 
@@ -71,6 +90,10 @@ class Sizes:
     overhead_records: int = 10_000
     overhead_repeat: int = 3
     cold_files: int = 1000
+    import_records: int = 100_000
+    scale_sizes: tuple[int, int] = (10_000, 1_000_000)
+    scale_runs: int = 15
+    e2e_files: int = 100_000
 
 
 QUICK = Sizes(
@@ -86,6 +109,10 @@ QUICK = Sizes(
     overhead_records=2000,
     overhead_repeat=1,
     cold_files=500,
+    import_records=10_000,
+    scale_sizes=(10_000, 20_000),
+    scale_runs=5,
+    e2e_files=2000,
 )
 
 
@@ -177,7 +204,11 @@ class Suite:
             0.5,
             api_apply.measure,
             n,
-            lambda f: f"{n:,} duration updates, batches of 1,000; direct = executemany",
+            lambda f: (
+                f"{n:,} duration updates, batches of 1,000; direct = SQLAlchemy "
+                f"executemany; driver's own executemany {fmt(f['driver_rows_per_s'], 'rows/s')} "
+                f"(API = {f['driver_ratio']:.2f}x of it)"
+            ),
         )
 
     def c(self) -> Iterator[Row]:
@@ -238,8 +269,8 @@ class Suite:
             unit="rec/s",
             target=">= 2,000 rec/s",
             met=met(figure >= 2000),
-            notes=f"{how}, {n:,} -> {3 * n:,} tiny WAVs, `backfill run` end to end; "
-            f"in-run {in_run:,.0f} rec/s, with start-up {f['wall_records_per_s']:,.0f} rec/s; "
+            notes=f"{how}, {n:,} -> {3 * n:,} tiny WAVs, `backfill run`; end to end (process "
+            f"start to exit) {f['wall_records_per_s']:,.0f} rec/s; in-run {in_run:,.0f} rec/s; "
             f"mp3/m4a (exact, verified) in-run {f['compressed_in_run_records_per_s']:,.0f} rec/s",
             details=f,
         )
@@ -312,6 +343,82 @@ class Suite:
             details=f,
         )
 
+    def h(self) -> Iterator[Row]:
+        s = self.sizes
+        small, large = s.scale_sizes
+        for row, url in self.databases("h", "rec/s"):
+            row.name = row.name.replace("10k -> 1M", f"{small:,} -> {large:,}")
+            row.target = ">= 20,000 rec/s import; cost ratio <= 1.3"
+            if row.met == "skipped":
+                yield row
+                continue
+            tmp = Path(tempfile.mkdtemp(prefix="scale-", dir=self.workdir))
+            try:
+                url_for = _scale_urls(url, tmp)
+                data = tmp / "records.ndjson"
+                import_rate.write_ndjson(data, s.import_records)
+                imp = import_rate.measure(url_for(s.import_records), data, s.import_records, tmp)
+                costs = scale.run(row.name, url_for, [small, large], tmp, s.scale_runs)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            lo, hi = costs
+            ratios = {k: hi[k] / lo[k] for k in SCALE_COSTS}
+            row.figure = imp["import_records_per_s"]
+            row.met = met(row.figure >= 20_000 and max(ratios.values()) <= 1.3)
+            row.notes += (
+                f"import of {s.import_records:,} NDJSON records (re-import "
+                f"{imp['reimport_records_per_s']:,.0f} rec/s; CPU per 1,000: client "
+                f"{imp['import_client_cpu_ms_per_1000']:.0f} ms, server "
+                f"{imp['import_server_cpu_ms_per_1000']:.0f} ms); "
+                + "; ".join(
+                    f"{k.removesuffix('_ms')} {lo[k]:.1f} -> {hi[k]:.1f} ms ({ratios[k]:.2f}x)"
+                    for k in ratios
+                )
+                + f"; `backfill status` at {large:,}: {hi['status_s']:.2f} s (venv script), "
+                f"{hi['status_uv_s']:.2f} s (uv run); API RSS {lo['api_rss_mib']:.0f} -> "
+                f"{hi['api_rss_mib']:.0f} MiB"
+            )
+            row.details = imp | {f"{k}_{int(c['records'])}": v for c in costs for k, v in c.items()}
+            self.log(f"{row.name}: import {fmt(row.figure, 'rec/s')}")
+            yield row
+
+    def i(self) -> Iterator[Row]:
+        n = self.sizes.e2e_files
+        f = e2e.measure(self.workdir, n, self.prefect_url, self.log)
+        for workers in (1, 2):
+            rate = f[f"records_per_s_{workers}w"]
+            yield Row(
+                "i",
+                f"{NAMES['i']}, {workers} worker{'s' if workers > 1 else ''}",
+                figure=rate,
+                unit="rec/s",
+                baseline=f["records_per_s_1w"] if workers == 2 else None,
+                baseline_unit="rec/s",
+                ratio=f["speedup"] if workers == 2 else None,
+                notes=f"{n:,} tiny WAVs, media-duration from process start to exit "
+                f"({f[f'seconds_{workers}w']:.1f} s), after an import at "
+                f"{f[f'import_records_per_s_{workers}w']:,.0f} rec/s"
+                + (
+                    "; 2 workers = two `backfill run` shard processes (--shard-index/"
+                    "--shard-count, the split of shards=2); baseline = 1 worker, ratio = "
+                    "speed-up"
+                    if workers == 2
+                    else ""
+                ),
+                details=f if workers == 2 else {},
+            )
+
+
+#: The per-record costs of row h, whose ratio (largest / smallest size) must stay <= 1.3.
+SCALE_COSTS = ("page_ms", "page_mid_ms", "write_ms", "coverage_ms")
+
+
+def _scale_urls(pg_url: str | None, tmp: Path) -> Callable[[int], str]:
+    """A fresh database per size: a SQLite file in `tmp`, or a new database on the server."""
+    if pg_url is None:
+        return lambda n: f"sqlite:///{tmp}/scale-{n}-{time.time_ns()}.db"
+    return lambda n: scale._database(pg_url, n)
+
 
 def _rows(suite: Suite, key: str) -> list[Row]:
     runner: Callable[[], Iterator[Row]] = getattr(suite, key)
@@ -337,12 +444,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=Path("/tmp/backfill-bench"), help="media files, kept"
     )
+    parser.add_argument(
+        "--e2e-files",
+        type=int,
+        help="tiny files of row i (default 100,000; 2,000 with --quick)",
+    )
+    parser.add_argument(
+        "--scale-max",
+        type=int,
+        help="largest corpus of row h (default 1,000,000; 20,000 with --quick)",
+    )
     args = parser.parse_args(argv)
     keys = [k for k in KEYS if k in args.only.replace(",", "").lower()]
     unknown = set(args.only.replace(",", "").lower()) - set(KEYS)
     if unknown or not keys:
         parser.error(f"--only takes letters of {','.join(KEYS)}")
     sizes = QUICK if args.quick else Sizes()
+    if args.e2e_files is not None:
+        sizes = replace(sizes, e2e_files=args.e2e_files)
+    if args.scale_max is not None:
+        sizes = replace(sizes, scale_sizes=(sizes.scale_sizes[0], args.scale_max))
     args.dir.mkdir(parents=True, exist_ok=True)
 
     console = Console()

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from api.migrate import upgrade
 from api.services.tokens import create_token
 from benchmarks.api_apply import serve
@@ -36,16 +38,24 @@ def write_ndjson(path: Path, n: int) -> None:
             f.write(f'"size_bytes": {1000 + i}}}\n')
 
 
+def _cpu(server: psutil.Process) -> tuple[float, float]:
+    """CPU seconds (user + system) so far of this process (the client) and the server."""
+    mine, theirs = psutil.Process().cpu_times(), server.cpu_times()
+    return mine.user + mine.system, theirs.user + theirs.system
+
+
 def measure(url: str, data: Path, n: int, tmp: Path) -> dict[str, float]:
     upgrade(url)
     token = create_token(name=f"bench-{time.time_ns()}", role="admin", database_url=url)
     port = free_port()
     proc = serve(url, port, tmp / "api.log")
     figures: dict[str, float] = {"records": float(n)}
+    server = psutil.Process(proc.pid)
     try:
         for label, expect in (("import", "created"), ("reimport", "existing")):
             # A new client per import, as a new `backfill media import` would be: its batch
             # keys are its own, so the re-import is answered by the database, not replayed.
+            cpu = _cpu(server)
             start = time.perf_counter()
             with (
                 BackfillClient(f"http://127.0.0.1:{port}", token) as client,
@@ -53,7 +63,11 @@ def measure(url: str, data: Path, n: int, tmp: Path) -> dict[str, float]:
             ):
                 report = import_media(client, lines)
             elapsed = time.perf_counter() - start
+            client_cpu, server_cpu = (b - a for a, b in zip(cpu, _cpu(server), strict=True))
             assert getattr(report, expect) == n, report
+            # CPU per 1,000 records (a batch): what bounds the rate on a loaded machine.
+            figures[f"{label}_client_cpu_ms_per_1000"] = client_cpu / n * 1e6
+            figures[f"{label}_server_cpu_ms_per_1000"] = server_cpu / n * 1e6
             figures[f"{label}_records_per_s"] = n / elapsed
             figures[f"{label}_s"] = elapsed
     finally:
@@ -89,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             print(
                 f"{backend}: {args.records:,} records: import {f['import_records_per_s']:,.0f} "
                 f"records/s ({f['import_s']:.1f} s), re-import "
-                f"{f['reimport_records_per_s']:,.0f} records/s ({f['reimport_s']:.1f} s)"
+                f"{f['reimport_records_per_s']:,.0f} records/s ({f['reimport_s']:.1f} s); "
+                f"CPU per 1,000 records: client {f['import_client_cpu_ms_per_1000']:.0f} ms, "
+                f"server {f['import_server_cpu_ms_per_1000']:.0f} ms"
             )
     return results
 

@@ -13,7 +13,9 @@ uvicorn serves it and an httpx client times, as a flow sees them:
   write     POST /backfills/media-duration, 1,000 records given a new duration (all applied):
             every 10th record of 10,000 (the whole table at 10k, the middle at 1M)
   coverage  GET /backfills
-  status    the `backfill status` command, wall time of the whole process
+  status    the `backfill status` command, wall time of the whole process (the venv's
+            script, and `uv run backfill status`)
+  API RSS   the API process's resident memory after all of it
 
 Each figure is the median of several runs (ms; status in s); the ratio is largest/smallest
 size. PostgreSQL is a throwaway cluster (`benchmarks.pg`) unless BACKFILL_BENCH_PG_URL is set.
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 from sqlalchemy import DateTime, bindparam, text
 
 from api.core.db import make_engine
@@ -40,7 +43,7 @@ from api.migrate import upgrade
 from api.models import utcnow
 from api.services.tokens import create_token
 from benchmarks.api_apply import serve
-from benchmarks.hashing import free_port
+from benchmarks.hashing import ROOT, free_port
 from benchmarks.pg import Unavailable, postgres
 
 #: Every record but these is done for every media kind; `% 100 == 50` is a legacy record.
@@ -94,13 +97,17 @@ def median_ms(call: Callable[[int], None], runs: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def status_seconds(base: str, token: str, runs: int = 3) -> float:
-    exe = Path(sys.executable).parent / "backfill"
+def status_seconds(base: str, token: str, runs: int = 3, *, uv: bool = False) -> float:
+    """Median wall seconds of `backfill status` (the venv's script; `uv run backfill status`
+    with `uv`, which adds uv's own start-up and its check that the venv is in sync)."""
+    exe = [str(Path(sys.executable).parent / "backfill")]
+    if uv:
+        exe = ["uv", "run", "--frozen", "backfill"]
     env = os.environ | {"BACKFILL_API_URL": base, "BACKFILL_API_TOKEN": token}
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([str(exe), "status"], env=env, check=True, capture_output=True)
+        subprocess.run([*exe, "status"], env=env, check=True, capture_output=True, cwd=ROOT)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -156,6 +163,8 @@ def measure(url: str, n: int, tmp: Path, runs: int) -> dict[str, float]:
                 "coverage_ms": median_ms(cover, runs),
             }
         figures["status_s"] = status_seconds(base, token)
+        figures["status_uv_s"] = status_seconds(base, token, uv=True)
+        figures["api_rss_mib"] = psutil.Process(proc.pid).memory_info().rss / 2**20
     finally:
         proc.terminate()
         proc.wait(10)
@@ -172,7 +181,8 @@ def run(
         print(
             f"{backend:<10} {n:>9,}  page {figures['page_ms']:7.1f} ms  "
             f"page@mid {figures['page_mid_ms']:7.1f} ms  write {figures['write_ms']:7.1f} ms  "
-            f"coverage {figures['coverage_ms']:6.1f} ms  status {figures['status_s']:.2f} s  "
+            f"coverage {figures['coverage_ms']:6.1f} ms  status {figures['status_s']:.2f} s "
+            f"(uv run {figures['status_uv_s']:.2f} s)  API RSS {figures['api_rss_mib']:.0f} MiB  "
             f"(built in {figures['build_s']:.0f} s)",
             flush=True,
         )

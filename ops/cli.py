@@ -11,7 +11,6 @@ import logging
 import os
 import typing
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,7 +19,6 @@ import annotated_types
 import typer
 from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from api.cli import app as api_app
@@ -325,6 +323,10 @@ def register(
     ] = REGISTER_BATCH,
 ) -> None:
     """Register every media file under DIRECTORY (typed by content); skip and list the rest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.progress import MofNCompleteColumn, Progress
+
     from flows.compute.errors import MediaError
 
     with cli_errors():
@@ -398,7 +400,13 @@ def import_(
     import sys
     import time
 
-    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from ops.importer import ImportReport, import_media
 

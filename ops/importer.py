@@ -1,26 +1,32 @@
 """`backfill media import`: NDJSON of `MediaIn` records, streamed to `POST /media` in batches.
 
-Pure client side: every record goes through the API (`BackfillClient.register_media`), each
-batch with an Idempotency-Key derived from its content, so a retried batch is applied once.
-A re-import registers nothing twice: known uris come back as `existing`.
+Pure client side: every record goes through the API, each batch with an Idempotency-Key
+derived from its content, so a retried batch is applied once. A re-import registers nothing
+twice: known uris come back as `existing`.
 
-Two batches are in flight at once: the next one is parsed and sent while the server writes the
-last. A malformed line is reported with its number and skipped; the rest goes on (the import
-streams, so a file of millions of lines is never held in memory, and since a re-import is
-idempotent, fixing the bad lines and importing again adds just those).
+The server validates each record (the same `MediaIn` model), so the client does not: it only
+parses each line as JSON (orjson) and posts the batch. Two batches are in flight at once: the
+next one is parsed and sent while the server writes the last. A batch the server refuses with
+422 is validated here line by line; the malformed lines are reported with their number and
+the rest of the batch is sent again. The import streams, so a file of millions of lines is
+never held in memory; since a re-import is idempotent, fixing the bad lines and importing
+again adds just those.
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
-from api.schemas import MAX_BATCH_ITEMS, MediaIn, MediaRegisterResult
-from flows.client import BackfillClient
+from api.schemas import MAX_BATCH_ITEMS, BatchResult, MediaIn
+from flows.client import BackfillClient, UnprocessableEntityError
 
 #: Batches sent at once: one being written by the server while the next travels.
 IN_FLIGHT = 2
@@ -45,15 +51,27 @@ class ImportReport:
     bad_lines: list[BadLine] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
 
-    def add(self, result: MediaRegisterResult) -> None:
-        for item in result.items:
-            if item.status == "created":
-                self.created += 1
-            elif item.status == "existing":
-                self.existing += 1
-            else:
-                self.rejected += 1
-                self.rejections.append(f"{item.uri}: {item.reason}")
+    def add(self, outcome: Outcome) -> None:
+        result, bad = outcome
+        self.sent += result.applied + result.unchanged + len(result.rejected)
+        self.created += result.applied
+        self.existing += result.unchanged
+        self.rejected += len(result.rejected)
+        self.rejections += [f"record {r.record_id}: {r.reason}" for r in result.rejected]
+        self.bad_lines += bad
+
+
+@dataclass
+class Line:
+    """One non-blank line: its number, its text and its JSON value."""
+
+    number: int
+    text: bytes | str
+    value: Any
+
+
+#: What one batch came to: the API's answer, and the lines it could not take.
+Outcome = tuple[BatchResult, list[BadLine]]
 
 
 def _reason(exc: ValidationError) -> str:
@@ -63,19 +81,35 @@ def _reason(exc: ValidationError) -> str:
     return f"{where + ': ' if where else ''}{first['msg']}{more}"
 
 
-def parse_lines(lines: Iterable[bytes | str], bad: list[BadLine]) -> Iterator[MediaIn]:
-    """Valid records of an NDJSON stream; blank lines are skipped, bad ones go to `bad`."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+def _check(line: Line) -> BadLine | None:
+    """None for a valid `MediaIn`, else why not (pydantic's message)."""
+    try:
+        MediaIn.model_validate_json(line.text)
+    except ValidationError as exc:
+        return BadLine(line.number, _reason(exc))
+    return None
+
+
+def parse_lines(lines: Iterable[bytes | str], bad: list[BadLine]) -> Iterator[Line]:
+    """The JSON lines of an NDJSON stream; blank lines are skipped, unparsable ones go to
+    `bad`. A line orjson refuses but the model takes (an integer past 64 bits, which the
+    model then bounds) is parsed by the standard library."""
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
             continue
         try:
-            yield MediaIn.model_validate_json(line)
-        except ValidationError as exc:
-            bad.append(BadLine(number, _reason(exc)))
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            line = Line(number, text, None)
+            if (problem := _check(line)) is not None:
+                bad.append(problem)
+                continue
+            value = json.loads(text)
+        yield Line(number, text, value)
 
 
-def _batches(records: Iterator[MediaIn], size: int) -> Iterator[list[MediaIn]]:
-    batch: list[MediaIn] = []
+def _batches(records: Iterator[Line], size: int) -> Iterator[list[Line]]:
+    batch: list[Line] = []
     for record in records:
         batch.append(record)
         if len(batch) == size:
@@ -83,6 +117,27 @@ def _batches(records: Iterator[MediaIn], size: int) -> Iterator[list[MediaIn]]:
             batch = []
     if batch:
         yield batch
+
+
+def _post(client: BackfillClient, batch: list[Line]) -> BatchResult:
+    # BatchResult, not MediaRegisterResult: the counts are all an import reports, and
+    # building a model per item of the answer cost more than the rest of the client.
+    body = {"items": [line.value for line in batch], "dry_run": False}
+    return client._call(BatchResult, "POST", "/media", body=body, idempotent=True)
+
+
+def send_batch(client: BackfillClient, batch: list[Line]) -> Outcome:
+    """Register one batch; on 422, drop the lines that are not a valid `MediaIn` (reported
+    by number) and send the rest."""
+    try:
+        return _post(client, batch), []
+    except UnprocessableEntityError:
+        bad = [problem for line in batch if (problem := _check(line)) is not None]
+        if not bad:
+            raise  # not a record's fault: let the caller see the API's answer
+    numbers = {b.line for b in bad}
+    good = [line for line in batch if line.number not in numbers]
+    return (_post(client, good) if good else BatchResult()), bad
 
 
 def import_media(
@@ -95,7 +150,7 @@ def import_media(
 ) -> ImportReport:
     """Register every valid record of `lines` through the API; `progress` after each batch."""
     report = ImportReport()
-    pending: deque[Future[MediaRegisterResult]] = deque()
+    pending: deque[Future[Outcome]] = deque()
 
     def settle() -> None:
         report.add(pending.popleft().result())
@@ -107,11 +162,11 @@ def import_media(
             for batch in _batches(parse_lines(lines, report.bad_lines), batch_size):
                 if len(pending) >= in_flight:
                     settle()
-                pending.append(pool.submit(client.register_media, batch))
-                report.sent += len(batch)
+                pending.append(pool.submit(send_batch, client, batch))
             while pending:
                 settle()
         finally:
             for future in pending:
                 future.cancel()
+    report.bad_lines.sort(key=lambda b: b.line)
     return report

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from api.core.db import make_engine
 from api.migrate import upgrade
-from benchmarks.api_apply import seed
+from benchmarks.api_apply import driver, seed
 from benchmarks.legacy_row_by_row import compare, legacy_update
 from benchmarks.report import Row, machine, markdown, print_report, write_json
 
@@ -60,3 +60,16 @@ def test_legacy_script_and_api_path(tmp_path: Path) -> None:
     figures = compare(rows=200, batch=100)
     assert figures["rows"] == 200
     assert figures["api_rows_per_s"] > 0 and figures["legacy_rows_per_s"] > 0
+
+
+def test_driver_baseline_writes_every_row_once(tmp_path: Path) -> None:
+    """Row a's floor (sqlite3's own executemany) does the same work as the API path."""
+    url = f"sqlite:///{tmp_path / 'driver.db'}"
+    upgrade(url)
+    ids = seed(url, 250)
+    assert driver(url, ids, 100, 2.5) > 0
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT duration, revision FROM media")).all()
+    engine.dispose()
+    assert found == [(2.5, 2)] * 250

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 from sqlmodel import Session, col
@@ -22,17 +23,36 @@ from api.services.batches import _mark
 MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 
-def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRegisterResult:
+@dataclass(frozen=True)
+class PreparedMedia:
+    """What `register_media` computes before it touches the database: each item's uri key,
+    and the first item of each key with its row values (without the timestamps)."""
+
+    keys: list[str]
+    rows: dict[str, tuple[object, ...]]
+
+
+def prepare_media(batch: BatchRequest[MediaIn]) -> PreparedMedia:
+    keys = [uri_key(item.uri) for item in batch.items]
+    rows: dict[str, tuple[object, ...]] = {}
+    for key, item in zip(keys, batch.items, strict=True):
+        if key not in rows:
+            rows[key] = (item.uri, key, item.media_type, item.size_bytes, item.schema_version, 1)
+    return PreparedMedia(keys, rows)
+
+
+def register_media(
+    *, session: Session, batch: BatchRequest[MediaIn], prepared: PreparedMedia | None = None
+) -> MediaRegisterResult:
     """Insert unknown uris in one statement; known ones are reported, never duplicated.
 
     Runs inside `run_batch`, which commits it with its audit row. One multi-row
     `INSERT ... ON CONFLICT (uri_key) DO NOTHING RETURNING uri_key, id` straight to the driver
     (SQLAlchemy compiling 8,000 bind parameters cost ten times the INSERT itself), then one
-    SELECT for the uris that were already there."""
-    keys = [uri_key(item.uri) for item in batch.items]
-    fresh: dict[str, MediaIn] = {}
-    for key, item in zip(keys, batch.items, strict=True):
-        fresh.setdefault(key, item)
+    SELECT for the uris that were already there. `prepared` (from `prepare_media`, which the
+    route calls before the transaction starts) saves the hashing under the write lock."""
+    prepared = prepared or prepare_media(batch)
+    keys, fresh = prepared.keys, prepared.rows
     conn = session.connection()
     created: dict[str, int] = {}
     if batch.dry_run:
@@ -61,8 +81,8 @@ def register_media(*, session: Session, batch: BatchRequest[MediaIn]) -> MediaRe
 _INSERTED = ("uri", "uri_key", "media_type", "size_bytes", "schema_version", "revision")
 
 
-def _insert_new(conn: Connection, fresh: dict[str, MediaIn]) -> dict[str, int]:
-    """Insert these records unless their uri is known; the ids of those inserted, by key."""
+def _insert_new(conn: Connection, fresh: dict[str, tuple[object, ...]]) -> dict[str, int]:
+    """Insert these rows unless their uri is known; the ids of those inserted, by key."""
     if not fresh:
         return {}
     mark = _mark(conn)
@@ -71,8 +91,8 @@ def _insert_new(conn: Connection, fresh: dict[str, MediaIn]) -> dict[str, int]:
     stamp = to_db(now) if to_db else now
     row = f"({', '.join([mark] * (len(_INSERTED) + 2))})"
     params: list[object] = []
-    for key, item in fresh.items():
-        params += (item.uri, key, item.media_type, item.size_bytes, item.schema_version, 1)
+    for values in fresh.values():
+        params += values
         params += (stamp, stamp)
     sql = (
         f"INSERT INTO media ({', '.join(_INSERTED)}, created_at, updated_at) "
