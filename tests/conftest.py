@@ -103,8 +103,10 @@ def stop_group(
     STARTED.pop(process.pid, None)
 
 
-#: Session fixtures too costly to start in every xdist worker: the tests using one run in
-#: one worker (`--dist loadgroup`, see pyproject.toml), the others are spread.
+#: Session fixtures too costly to start in every xdist worker, each with the group of the tests
+#: that use it (directly or through another fixture, so a new test follows without a mark): a
+#: group runs in one worker (`--dist loadgroup`, see pyproject.toml), the other tests are spread.
+#: Prefect's in-process test harness (`prefect_api_url`) is cheap enough to start once per worker.
 ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 
 #: Fixtures that make a test `slow` (left out of the edit loop, `-m "not slow"`): a Prefect
@@ -113,16 +115,58 @@ ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 SLOW_FIXTURES = ("prefect_api_url", "prefect_server", "worker", "race_api")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def one_worker_group(item: pytest.Item) -> str | None:
+    """The `ONE_WORKER` group of a test, from the fixtures it uses (None: any worker)."""
+    names = getattr(item, "fixturenames", ())
+    return next((group for fixture, group in ONE_WORKER.items() if fixture in names), None)
+
+
+def xdist_groups(item: pytest.Item) -> str:
+    """The suffix pytest-xdist's loadgroup gives a test's id: its xdist_group names joined."""
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    return "_".join(sorted(names))
+
+
+def apply_xdist_groups(items: list[pytest.Item]) -> None:
+    """Give each grouped test the id suffix `@group` that `--dist loadgroup` schedules by.
+
+    pytest-xdist 3.8 sets the legacy `item._nodeid`, which pytest >= 9.2 no longer reads (its
+    ids are structured, `item._id`): the groups were silently ignored and both workers started
+    a Prefect server (pytest-dev/pytest-xdist#1386). Set the structured id the same way; fail
+    the run if a group still does not show in the id."""
+    for item in items:
+        suffix = xdist_groups(item)
+        if not suffix or item.nodeid.endswith(f"@{suffix}"):
+            continue
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(f"{item.nodeid}@{suffix}")
+        if not item.nodeid.endswith(f"@{suffix}"):
+            raise pytest.UsageError(
+                f"--dist loadgroup: xdist_group {suffix!r} of {item.nodeid} did not reach its "
+                "id; this pytest/pytest-xdist pair cannot keep a group on one worker"
+            )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Iterator[None]:
+    # Before every other implementation (xdist's reads the groups): mark the tests.
     for item in items:
         names = getattr(item, "fixturenames", ())
         if any(fixture in names for fixture in SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
-        for fixture, group in ONE_WORKER.items():
-            if fixture in names:
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
+        if group := one_worker_group(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    # After them (-k and -m have deselected): an xdist worker of a loadgroup run.
+    if getattr(config.option, "loadgroup", False):
+        apply_xdist_groups(items)
 
 
 #: Leftover reports of the xdist workers, collected by the controller (`pytest_testnodedown`).
