@@ -231,13 +231,13 @@ def root_log_level() -> Iterator[None]:
     root.setLevel(level)
 
 
-def _postgres_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the given server for this test session, dropped afterwards."""
+def postgres_database(server_url: str, prefix: str = "backfill_test") -> Iterator[str]:
+    """A fresh database on the given server (named `prefix`_<random>), dropped afterwards."""
     import psycopg
     from sqlalchemy.engine import make_url
 
     url = make_url(server_url)
-    name = f"backfill_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -258,7 +258,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     server = os.environ.get("BACKFILL_TEST_DATABASE_URL")
     if server:
-        gen = _postgres_database(server)
+        gen = postgres_database(server)
         url = next(gen)
         upgrade(url)
         yield url
@@ -415,10 +415,15 @@ class LiveApi:
 def migrated_live_api(folder: Path, db_name: str, admin: str = "admin") -> LiveApi:
     """A `LiveApi`, not started, over a new migrated SQLite file `db_name` in `folder`, with
     an admin token named `admin` and a reader token; it logs to folder/api.log."""
+    return live_api_over(f"sqlite:///{folder / db_name}", folder, admin)
+
+
+def live_api_over(url: str, folder: Path, admin: str = "admin") -> LiveApi:
+    """A `LiveApi`, not started, over database `url` (migrated here), with an admin token
+    named `admin` and a reader token; it logs to folder/api.log."""
     from api.migrate import upgrade
     from api.services.tokens import create_token
 
-    url = f"sqlite:///{folder / db_name}"
     upgrade(url)
     admin_token, reader_token = (
         create_token(name=name, role=role, database_url=url)
