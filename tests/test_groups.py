@@ -18,10 +18,7 @@ def test_every_test_of_a_one_worker_fixture_is_in_its_group(request: pytest.Fixt
     if getattr(request.config.option, "loadgroup", False):  # an xdist worker of a loadgroup run
         assert all(item.nodeid.endswith(f"@{one_worker_group(item)}") for item in grouped)
         assert "@" not in request.node.nodeid  # this test has no group: any worker runs it
-    # The whole suite: the deployment tests (through `worker`, `deployed`) and the races.
-    if len(items) > 100:
-        groups = {one_worker_group(item) for item in grouped}
-        assert groups == {"prefect-server", "races"}
-        worker_tests = [item for item in items if "worker" in item.fixturenames]
-        assert worker_tests
-        assert all(one_worker_group(item) == "prefect-server" for item in worker_tests)
+    # A test using `worker` (or `deployed`) goes with the Prefect server it depends on.
+    assert {one_worker_group(item) for item in grouped} <= {"prefect-server", "races"}
+    worker_tests = [item for item in items if "worker" in item.fixturenames]
+    assert all(one_worker_group(item) == "prefect-server" for item in worker_tests)
