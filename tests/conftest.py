@@ -103,8 +103,10 @@ def stop_group(
     STARTED.pop(process.pid, None)
 
 
-#: Session fixtures too costly to start in every xdist worker: the tests using one run in
-#: one worker (`--dist loadgroup`, see pyproject.toml), the others are spread.
+#: Session fixtures too costly to start in every xdist worker, each with the group of the tests
+#: that use it (directly or through another fixture, so a new test follows without a mark): a
+#: group runs in one worker (`--dist loadgroup`, see pyproject.toml), the other tests are spread.
+#: Prefect's in-process test harness (`prefect_api_url`) is cheap enough to start once per worker.
 ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 
 #: Fixtures that make a test `slow` (left out of the edit loop, `-m "not slow"`): a Prefect
@@ -113,16 +115,58 @@ ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 SLOW_FIXTURES = ("prefect_api_url", "prefect_server", "worker", "race_api")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def one_worker_group(item: pytest.Item) -> str | None:
+    """The `ONE_WORKER` group of a test, from the fixtures it uses (None: any worker)."""
+    names = getattr(item, "fixturenames", ())
+    return next((group for fixture, group in ONE_WORKER.items() if fixture in names), None)
+
+
+def xdist_groups(item: pytest.Item) -> str:
+    """The suffix pytest-xdist's loadgroup gives a test's id: its xdist_group names joined."""
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    return "_".join(sorted(names))
+
+
+def apply_xdist_groups(items: list[pytest.Item]) -> None:
+    """Give each grouped test the id suffix `@group` that `--dist loadgroup` schedules by.
+
+    pytest-xdist 3.8 sets the legacy `item._nodeid`, which pytest >= 9.2 no longer reads (its
+    ids are structured, `item._id`): the groups were silently ignored and both workers started
+    a Prefect server (pytest-dev/pytest-xdist#1386). Set the structured id the same way; fail
+    the run if a group still does not show in the id."""
+    for item in items:
+        suffix = xdist_groups(item)
+        if not suffix or item.nodeid.endswith(f"@{suffix}"):
+            continue
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(f"{item.nodeid}@{suffix}")
+        if not item.nodeid.endswith(f"@{suffix}"):
+            raise pytest.UsageError(
+                f"--dist loadgroup: xdist_group {suffix!r} of {item.nodeid} did not reach its "
+                "id; this pytest/pytest-xdist pair cannot keep a group on one worker"
+            )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Iterator[None]:
+    # Before every other implementation (xdist's reads the groups): mark the tests.
     for item in items:
         names = getattr(item, "fixturenames", ())
         if any(fixture in names for fixture in SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
-        for fixture, group in ONE_WORKER.items():
-            if fixture in names:
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
+        if group := one_worker_group(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    # After them (-k and -m have deselected): an xdist worker of a loadgroup run.
+    if getattr(config.option, "loadgroup", False):
+        apply_xdist_groups(items)
 
 
 #: Leftover reports of the xdist workers, collected by the controller (`pytest_testnodedown`).
@@ -187,13 +231,13 @@ def root_log_level() -> Iterator[None]:
     root.setLevel(level)
 
 
-def _postgres_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the given server for this test session, dropped afterwards."""
+def postgres_database(server_url: str, prefix: str = "backfill_test") -> Iterator[str]:
+    """A fresh database on the given server (named `prefix`_<random>), dropped afterwards."""
     import psycopg
     from sqlalchemy.engine import make_url
 
     url = make_url(server_url)
-    name = f"backfill_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -214,7 +258,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     server = os.environ.get("BACKFILL_TEST_DATABASE_URL")
     if server:
-        gen = _postgres_database(server)
+        gen = postgres_database(server)
         url = next(gen)
         upgrade(url)
         yield url
@@ -371,10 +415,15 @@ class LiveApi:
 def migrated_live_api(folder: Path, db_name: str, admin: str = "admin") -> LiveApi:
     """A `LiveApi`, not started, over a new migrated SQLite file `db_name` in `folder`, with
     an admin token named `admin` and a reader token; it logs to folder/api.log."""
+    return live_api_over(f"sqlite:///{folder / db_name}", folder, admin)
+
+
+def live_api_over(url: str, folder: Path, admin: str = "admin") -> LiveApi:
+    """A `LiveApi`, not started, over database `url` (migrated here), with an admin token
+    named `admin` and a reader token; it logs to folder/api.log."""
     from api.migrate import upgrade
     from api.services.tokens import create_token
 
-    url = f"sqlite:///{folder / db_name}"
     upgrade(url)
     admin_token, reader_token = (
         create_token(name=name, role=role, database_url=url)

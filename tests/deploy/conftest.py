@@ -366,28 +366,31 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def worker(
+@contextmanager
+def running_worker(
     prefect_server: PrefectServer,
-    deployed: Deployed,
     deploy_api: DeployApi,
-    tmp_path_factory: pytest.TempPathFactory,
+    log_path: Path,
+    *,
+    name: str | None = None,
+    query_seconds: int = 1,
 ) -> Iterator[Worker]:
-    """`prefect worker start --pool backfills` from the project folder, BACKFILL_* set."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    """`prefect worker start --pool backfills` (as `name`) from the project folder, BACKFILL_*
+    set, until it is online (on the deadline of `prefect_server_timeout()`); stopped after."""
     env = prefect_server.env(
         BACKFILL_API_URL=deploy_api.api.url,
         BACKFILL_API_TOKEN=deploy_api.api.admin_token,
         BACKFILL_MEDIA_ROOT=str(deploy_api.media_root),
         # Fail fast once the API is gone (the retry test takes it down on purpose).
         BACKFILL_MAX_RETRIES="2",
-        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
         PREFECT_WORKER_PREFETCH_SECONDS="5",
     )
+    command = "uv run prefect worker start --pool backfills" + (f" --name {name}" if name else "")
     with log_path.open("ab") as log:
         process = spawn(
-            "prefect worker",
-            shlex.split("uv run prefect worker start --pool backfills"),
+            name or "prefect worker",
+            shlex.split(command),
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -397,15 +400,31 @@ def worker(
 
     def online() -> bool:
         if process.poll() is not None:
-            pytest.fail(f"the worker exited:\n{worker.log()}")
+            pytest.fail(f"the worker {name or ''} exited:\n{worker.log()}")
         with prefect_server.client() as client:
-            return any(w.status == "ONLINE" for w in client.read_workers_for_work_pool("backfills"))
+            return any(
+                w.status == "ONLINE" and (name is None or w.name == name)
+                for w in client.read_workers_for_work_pool("backfills")
+            )
 
     try:
-        wait_for("the worker to come online", online, timeout=prefect_server_timeout(), every=0.5)
+        wait_for(f"the worker {name or ''} to come online", online, prefect_server_timeout(), 0.5)
         yield worker
     finally:
         stop_group(process)
+
+
+@pytest.fixture(scope="session")
+def worker(
+    prefect_server: PrefectServer,
+    deployed: Deployed,
+    deploy_api: DeployApi,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Worker]:
+    """`prefect worker start --pool backfills` from the project folder, BACKFILL_* set."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    with running_worker(prefect_server, deploy_api, log_path) as started:
+        yield started
 
 
 def flow_run_id(output: str) -> str:

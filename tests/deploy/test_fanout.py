@@ -7,8 +7,6 @@ The pure parts (a shard's parameters, the combined report) are tested without a 
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 import time
 import wave
 from collections.abc import Iterator
@@ -28,7 +26,6 @@ from flows.fanout import (
     shards_table,
 )
 from flows.media_duration import DurationParams
-from tests.conftest import prefect_server_timeout, spawn, stop_group
 from tests.deploy.conftest import (
     RUN_TIMEOUT,
     DeployApi,
@@ -36,6 +33,7 @@ from tests.deploy.conftest import (
     PrefectServer,
     Worker,
     flow_run_id,
+    running_worker,
     wait_for,
 )
 
@@ -188,39 +186,12 @@ def second_worker(
 ) -> Iterator[Worker]:
     """Another `prefect worker start --pool backfills`: the fan-out's children go to any."""
     log_path = tmp_path_factory.mktemp("worker-2") / "worker.log"
-    env = prefect_server.env(
-        BACKFILL_API_URL=deploy_api.api.url,
-        BACKFILL_API_TOKEN=deploy_api.api.admin_token,
-        BACKFILL_MEDIA_ROOT=str(deploy_api.media_root),
-        BACKFILL_MAX_RETRIES="2",
-        # Polls less often than the first worker: each poll is a write to the Prefect
-        # server's SQLite file, which two workers at 1 s kept locked on a busy machine.
-        PREFECT_WORKER_QUERY_SECONDS="3",
-        PREFECT_WORKER_PREFETCH_SECONDS="5",
-    )
-    with log_path.open("ab") as log:
-        process = spawn(
-            "second prefect worker",
-            shlex.split("uv run prefect worker start --pool backfills --name fanout-second"),
-            cwd=Path(__file__).resolve().parents[2],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    second = Worker(process=process, log_path=log_path)
-
-    def online() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"the second worker exited:\n{second.log()}")
-        with prefect_server.client() as client:
-            workers = client.read_workers_for_work_pool("backfills")
-            return any(w.name == "fanout-second" and w.status == "ONLINE" for w in workers)
-
-    try:
-        wait_for("the second worker", online, timeout=prefect_server_timeout(), every=0.5)
+    # Polls less often than the first worker: each poll is a write to the Prefect server's
+    # SQLite file, which two workers at 1 s kept locked on a busy machine.
+    with running_worker(
+        prefect_server, deploy_api, log_path, name="fanout-second", query_seconds=3
+    ) as second:
         yield second
-    finally:
-        stop_group(process)
 
 
 def write_wav(path: Path, frames: int, rate: int = 8000) -> float:

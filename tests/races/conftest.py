@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,10 +22,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import ROOT, LiveApi
+from tests.conftest import ROOT, LiveApi, live_api_over, postgres_database
 from tests.helpers import empty_tables
 
 #: Concurrent clients per burst.
@@ -74,22 +72,6 @@ def pg_server() -> Iterator[str | None]:
         )
 
 
-def _pg_database(server: str) -> Iterator[str]:
-    """A fresh database on `server`, dropped afterwards."""
-    import psycopg
-
-    url = make_url(server)
-    name = f"backfill_race_{uuid.uuid4().hex[:10]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def race_api(
     request: pytest.FixtureRequest,
@@ -97,9 +79,6 @@ def race_api(
     pg_server: str | None,
 ) -> Iterator[LiveApi]:
     """uvicorn in its own process over a migrated database of this backend."""
-    from api.migrate import upgrade
-    from api.services.tokens import create_token
-
     folder = tmp_path_factory.mktemp(f"race-{request.param}")
     databases: Iterator[str]
     if request.param == "sqlite":
@@ -107,16 +86,10 @@ def race_api(
     elif pg_server is None:
         pytest.skip("PostgreSQL cases need initdb and pg_ctl on PATH or BACKFILL_TEST_DATABASE_URL")
     else:
-        databases = _pg_database(pg_server)
+        databases = postgres_database(pg_server, prefix="backfill_race")
     url = next(databases)
     try:
-        upgrade(url)
-        api = LiveApi(
-            database_url=url,
-            admin_token=create_token(name="admin", role="admin", database_url=url),
-            reader_token=create_token(name="reader", role="reader", database_url=url),
-            log_path=folder / "api.log",
-        )
+        api = live_api_over(url, folder)
         api.start()
         try:
             yield api

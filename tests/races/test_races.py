@@ -59,6 +59,18 @@ def _tier(race: Race, name: str, seconds: float) -> None:
         c.put(f"/tiers/{name}", json=body).raise_for_status()
 
 
+def _outcome(responses: list[httpx.Response], **refusals: str) -> dict[str, Any]:
+    """The statuses, the records applied by the 200s and, for each keyword, how many records
+    were rejected with a reason containing its text."""
+    bodies = [r.json() for r in responses if r.status_code == 200]
+    reasons = [x["reason"] for b in bodies for x in b["rejected"]]
+    return {
+        "statuses": statuses(responses),
+        "applied": sum(b["applied"] for b in bodies),
+        **{key: sum(text in x for x in reasons) for key, text in refusals.items()},
+    }
+
+
 def test_render_quota_is_never_exceeded(race: Race) -> None:
     """100 s a month, 8 projects of one owner, 8 results of 60 s at once: one fits."""
     _tier(race, "tiny", 100)
@@ -66,16 +78,11 @@ def test_render_quota_is_never_exceeded(race: Race) -> None:
     responses = race.burst(
         lambda c, i: c.post("/backfills/clip-compile", json={"items": [_result(ids[i], i)]})
     )
-    bodies = [r.json() for r in responses if r.status_code == 200]
-    reasons = [x["reason"] for b in bodies for x in b["rejected"]]
     ledger = race.rows("SELECT attempts FROM backfill_failures WHERE kind = 'clip-compile'")
-    seen = {
-        "statuses": statuses(responses),
-        "applied": sum(b["applied"] for b in bodies),
+    seen = _outcome(responses, quota_refusals="render quota exceeded") | {
         "render_usage_s": race.scalar("SELECT SUM(seconds) FROM render_usage"),
         "usage_rows": race.scalar("SELECT COUNT(*) FROM render_usage"),
         "compiled": race.scalar("SELECT COUNT(*) FROM projects WHERE status = 'compiled'"),
-        "quota_refusals": sum("render quota exceeded" in x for x in reasons),
         # Each refused result is one attempt in the ledger, as when they come one by one.
         "ledger_attempts": sorted(a for (a,) in ledger),
     }
@@ -199,12 +206,7 @@ def test_legacy_records_upgraded_to_one_uri_at_once(race: Race) -> None:
         return c.post("/backfills/version-0", json={"items": [item]})
 
     responses = race.burst(upgrade)
-    bodies = [r.json() for r in responses if r.status_code == 200]
-    reasons = [x["reason"] for b in bodies for x in b["rejected"]]
-    seen = {
-        "statuses": statuses(responses),
-        "applied": sum(b["applied"] for b in bodies),
-        "uri_refusals": sum("already used by record" in x for x in reasons),
+    seen = _outcome(responses, uri_refusals="already used by record") | {
         "with_new_uri": race.scalar("SELECT COUNT(*) FROM media WHERE uri = 'new/same.wav'"),
         "still_legacy": race.scalar("SELECT COUNT(*) FROM media WHERE schema_version = 0"),
         "ledger": race.scalar("SELECT COUNT(*) FROM backfill_failures WHERE kind = 'version-0'"),
@@ -282,12 +284,7 @@ def test_same_output_uri_of_several_owners_at_once(race: Race) -> None:
             json={"items": [_result(ids[i], i) | {"output_uri": "compiled/same.mp4"}]},
         )
     )
-    bodies = [r.json() for r in responses if r.status_code == 200]
-    reasons = [x["reason"] for b in bodies for x in b["rejected"]]
-    seen = {
-        "statuses": statuses(responses),
-        "applied": sum(b["applied"] for b in bodies),
-        "uri_refusals": sum("output_uri is already used" in x for x in reasons),
+    seen = _outcome(responses, uri_refusals="output_uri is already used") | {
         "outputs": race.scalar("SELECT COUNT(*) FROM media WHERE uri = 'compiled/same.mp4'"),
         "render_usage_s": race.scalar("SELECT SUM(seconds) FROM render_usage"),
     }
