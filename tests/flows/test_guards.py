@@ -268,6 +268,17 @@ def test_half_corrupt_corpus_pauses_and_resume_continues_with_nothing_redone(
     rows = json.loads(artifact(seen["id"], "media-duration-summary"))
     values = {row["metric"]: row["value"] for row in rows}
     assert (values["pauses"], values["verified"], values["verified ok"]) == (1, 100, 100)
+    # The record of the run holds the pause and the resume, with the breaker's reason.
+    events = query(
+        client_env,
+        "SELECT e.event, e.reason, r.state FROM run_events e JOIN runs r ON r.id = e.run_id "
+        f"WHERE r.flow_run_id = '{seen['id']}' ORDER BY e.id",
+    )
+    assert [(event, state) for event, _, state in events] == [
+        ("pause", "completed"),
+        ("resume", "completed"),
+    ]
+    assert events[0][1] == seen["message"]
 
 
 @pytest.mark.e2e
