@@ -32,14 +32,15 @@ def quiet_prefect_env(*, verbose: bool = False) -> None:
 
 @contextmanager
 def quiet_prefect_console(*, verbose: bool = False) -> Iterator[None]:
-    """Keep Prefect's console to warnings, without tracebacks: we report errors in one line.
+    """Keep Prefect's console to warnings: the command reports the run's error itself, in one
+    line, so Prefect's ERROR lines (and tracebacks) would only say it twice.
 
     Only the console: the run's log lines still reach the Prefect API (and UI) in full.
     """
     from prefect.logging.handlers import PrefectConsoleHandler
 
     def no_traceback(record: logging.LogRecord) -> bool:
-        return record.exc_info is None
+        return record.exc_info is None and record.levelno < logging.ERROR
 
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     levels = [h.level for h in handlers]
