@@ -32,7 +32,7 @@ def durations(*pairs: tuple[int, float], dry_run: bool = False) -> DurationBatch
 def test_apply_durations_counts_and_stores(session: Session) -> None:
     new, same = add_media(session, 2)
     add_media(session, 1, prefix="done", duration=2.5)
-    [done] = add_media(session, 1, prefix="again", duration=7.0)
+    [done] = add_media(session, 1, prefix="again", duration=7.0, duration_version=1)
     batch = durations((new, 1.25), (done, 7.0), (999_999, 3.0))
     result = apply_durations(session=session, batch=batch)
     session.commit()

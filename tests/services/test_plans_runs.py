@@ -113,9 +113,25 @@ def test_hash_plans_keep_their_algorithm(session: Session) -> None:
     assert [(i.record_id, i.status) for i in page.items] == [(md5, "todo")]
 
 
+def test_a_stale_plan_holds_the_values_of_older_versions_until_they_are_redone(
+    session: Session,
+) -> None:
+    old = add_media(session, 3, prefix="old", duration=1.0, duration_version=1)
+    add_media(session, 2, prefix="new", duration=1.0, duration_version=2)
+    add_media(session, 1, prefix="todo")  # no value yet: not stale, missing
+    plan_id = make_plan(session, mode="stale", compute_version=2)
+
+    page = plan_work_page(session=session, plan_id=plan_id, after_id=0, limit=10, lease_seconds=60)
+    assert [(i.record_id, i.status) for i in page.items] == [(r, "todo") for r in old]
+    session.execute(text(f"UPDATE media SET duration_version = 2 WHERE id = {old[0]}"))
+    session.commit()
+    page = plan_work_page(session=session, plan_id=plan_id, after_id=0, limit=10, lease_seconds=60)
+    assert [i.status for i in page.items] == ["done", "todo", "todo"]
+
+
 def test_modes_plans_do_not_take_and_unknown_plans_are_refused(session: Session) -> None:
-    with pytest.raises(UnsupportedMode, match="plans take mode missing, failed, not stale"):
-        make_plan(session, mode="stale")
+    with pytest.raises(UnsupportedMode, match="plans take mode missing, failed, stale, not all"):
+        make_plan(session, mode="all")
     with pytest.raises(NotFound, match="Plan not found"):
         get_plan(session=session, plan_id="nope", lease_seconds=60)
     with pytest.raises(ValueError, match="algorithm applies to file-hashing only"):
