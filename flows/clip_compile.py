@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import get_run_logger
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from api.schemas import (
     BackfillKind,
@@ -100,6 +100,8 @@ class CompileParams(BackfillParams):
     """clip-compile: one project per chunk; a project without fps renders at `default_fps`."""
 
     not_parameters = frozenset({"media_type"})  # items are projects
+    # A render is counted once: no recompiling of compiled projects (all, stale).
+    modes = frozenset({ReprocessMode.MISSING, ReprocessMode.FAILED})
 
     batch_size: BatchSize = Field(
         1, description="Projects per chunk task (and per POST), 1 to 1000; renders are heavy."
@@ -134,13 +136,6 @@ class CompileParams(BackfillParams):
         "(default) turns this check off: one chunk is one project, and a few bad projects "
         "in a row are their owners' problem.",
     )
-
-    @field_validator("mode")
-    @classmethod
-    def _missing_or_failed(cls, mode: ReprocessMode) -> ReprocessMode:
-        if mode not in (ReprocessMode.MISSING, ReprocessMode.FAILED):
-            raise ValueError("clip-compile takes mode missing or failed (a render is counted once)")
-        return mode
 
 
 # --- Claim: one project, through the API --------------------------------------------------

@@ -82,6 +82,8 @@ class BackfillParams(BaseModel):
 
     #: Fields of this model that are not parameters of the flow (a kind without them).
     not_parameters: ClassVar[frozenset[str]] = frozenset()
+    #: The reprocess modes this kind takes (the API's `/pending` agrees).
+    modes: ClassVar[frozenset[ReprocessMode]] = frozenset(ReprocessMode)
 
     batch_size: BatchSize = Field(
         100, description="Records per chunk task (and per POST), 1 to 1000."
@@ -156,6 +158,9 @@ class BackfillParams(BaseModel):
 
     @model_validator(mode="after")
     def _check_shard(self) -> BackfillParams:
+        if self.mode not in self.modes:
+            able = " or ".join(sorted(self.modes))
+            raise ValueError(f"mode {self.mode} does not apply to this backfill (takes {able})")
         if self.shard_index >= self.shard_count:
             raise ValueError("shard_index must be less than shard_count")
         if self.shards > 1 and self.shard_count > 1:

@@ -21,7 +21,14 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import Field
 
-from api.schemas import BackfillKind, MediaType, PendingItem, Version0Result, is_url
+from api.schemas import (
+    BackfillKind,
+    MediaType,
+    PendingItem,
+    ReprocessMode,
+    Version0Result,
+    is_url,
+)
 from flows.compute.errors import MediaError
 from flows.compute.migrations import COMPUTE_VERSION, FileFacts, migrate
 from flows.compute.probe import probe
@@ -108,6 +115,9 @@ VERSION_0 = Backfill(
 
 class Version0Params(BackfillParams):
     """version-0: most legacy records have no media type yet."""
+
+    # The upgrade overwrites its own input: there is nothing to recompute (all, stale).
+    modes = frozenset({ReprocessMode.MISSING, ReprocessMode.FAILED})
 
     media_type: MediaType | None = Field(
         None,

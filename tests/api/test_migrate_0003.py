@@ -17,8 +17,9 @@ from api.core.db import make_engine
 from api.migrate import alembic_config, upgrade
 from api.models import uri_key
 from api.schemas import BackfillKind, HashAlgorithm, PendingFilter
-from api.services.work import coverage, pending_page, scan_coverage
+from api.services.work import coverage, scan_coverage
 from tests.conftest import _postgres_database
+from tests.services.utils import pending_ids
 
 SHA = "ab" * 32
 MD5 = "cd" * 16
@@ -67,16 +68,7 @@ def seed_0002(engine: Engine) -> dict[str, int]:
 
 def pending(engine: Engine, algorithm: HashAlgorithm) -> list[int]:
     with Session(engine) as session:
-        page = pending_page(
-            session=session,
-            kind=BackfillKind.FILE_HASHING,
-            after_id=0,
-            limit=10,
-            max_attempts=3,
-            lease_seconds=60,
-            where=PendingFilter(algorithm=algorithm),
-        )
-    return [item.record_id for item in page.items]
+        return pending_ids(session, BackfillKind.FILE_HASHING, PendingFilter(algorithm=algorithm))
 
 
 def test_upgrade_from_0002_keeps_the_data_and_downgrade_gives_it_back(url: str) -> None:

@@ -21,7 +21,7 @@ from api.schemas import (
     ReprocessMode,
 )
 from flows.file_hashing import file_hashing
-from flows.media_duration import MEDIA_DURATION, media_duration
+from flows.media_duration import MEDIA_DURATION, DurationParams, media_duration
 from ops.cli import app
 from tests.conftest import ROOT, LiveApi
 from tests.flows.conftest import write_wav
@@ -153,3 +153,17 @@ def test_the_operations_commands_do_what_the_section_says(
     status = cli.invoke(app, ["status"])
     assert status.exit_code == 0, status.output
     assert "file-hashing (blake2b)" in status.stdout and "v2:3" in status.stdout
+
+
+def test_kinds_that_cannot_recompute_refuse_all_and_stale() -> None:
+    from flows.clip_compile import CompileParams
+    from flows.version_migration import Version0Params
+
+    for params in (CompileParams, Version0Params):
+        assert params(mode=ReprocessMode.FAILED).mode is ReprocessMode.FAILED
+        for mode in (ReprocessMode.ALL, ReprocessMode.STALE):
+            with pytest.raises(ValueError, match=f"mode {mode} does not apply"):
+                params(mode=mode)
+    assert DurationParams(mode=ReprocessMode.STALE).pending_filter(3) == PendingFilter(
+        mode=ReprocessMode.STALE, compute_version=3
+    )

@@ -6,8 +6,8 @@ from sqlmodel import Session
 
 from api.schemas import BackfillKind, HashAlgorithm, PendingFilter
 from api.services.kinds import KINDS
-from api.services.work import coverage, pending_page
-from tests.services.utils import add_media, add_project
+from api.services.work import coverage
+from tests.services.utils import add_media, add_project, pending_ids
 
 
 def test_every_kind_is_declared_once_in_order() -> None:
@@ -39,16 +39,8 @@ def test_pending_file_hashing_is_per_algorithm(session: Session) -> None:
     add_media(session, 1, prefix="both", sha256="b" * 64, md5="a" * 32)
 
     def pending(algorithm: HashAlgorithm | None) -> list[int]:
-        page = pending_page(
-            session=session,
-            kind=BackfillKind.FILE_HASHING,
-            after_id=0,
-            limit=10,
-            max_attempts=3,
-            lease_seconds=60,
-            where=PendingFilter(algorithm=algorithm),
-        )
-        return [item.record_id for item in page.items]
+        where = PendingFilter(algorithm=algorithm)
+        return pending_ids(session, BackfillKind.FILE_HASHING, where)
 
     assert pending(None) == [md5]
     assert pending(HashAlgorithm.MD5) == [sha]
