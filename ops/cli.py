@@ -547,25 +547,28 @@ def runs(
     if as_json:
         typer.echo(page.model_dump_json(indent=2))
         return
-    table = Table(title=f"runs at {settings.API_URL}")
-    for name in ("started", "kind", "state", "applied", "unchanged", "failed", "skipped"):
-        table.add_column(
-            name, justify="right" if name not in ("started", "kind", "state") else "left"
-        )
-    table.add_column("plan / changed")
+    from rich import box
+
+    table = Table(title=f"runs at {settings.API_URL} (UTC)", box=box.SIMPLE_HEAD)
+    for name in ("started", "kind", "mode", "state"):
+        table.add_column(name, no_wrap=True)
+    for name in ("applied", "unchanged", "failed", "skipped"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("plan (changed)", no_wrap=True)
     table.add_column("by")
-    table.add_column("flow run", overflow="fold")
+    table.add_column("flow run", no_wrap=True)
     for r in page.items:
         state = r.state + (" (dry run)" if r.dry_run else "")
         events = ", ".join(e.event for e in r.events)
         table.add_row(
-            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{r.started_at:%m-%d %H:%M}",
             r.kind.value,
+            r.mode.value if r.mode else "-",
             state + (f" [{events}]" if events else ""),
             *(str(v) for v in (r.applied, r.unchanged, r.failed + r.rejected, r.skipped)),
-            f"{r.plan_id} / {r.changed_since_plan}" if r.plan_id else "-",
+            f"{r.plan_id} ({r.changed_since_plan})" if r.plan_id else "-",
             r.token_name,
-            r.flow_run_id,
+            r.flow_run_id[:8],  # enough to find it in the UI; --json has it whole
         )
     console.print(table)
 
