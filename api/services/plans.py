@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import string
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, insert, literal, select
@@ -33,6 +34,7 @@ from api.services.work import check_filter, pending_query
 ITEMS = PlanItem.__table__  # type: ignore[attr-defined]
 #: How many of its first records `GET /plans/{id}` shows.
 FIRST_RECORDS = 20
+PLAN_ID_ALPHABET = string.ascii_letters + string.digits
 #: The modes a plan can be made for today.
 MODES = (ReprocessMode.MISSING, ReprocessMode.FAILED, ReprocessMode.STALE)
 
@@ -41,6 +43,11 @@ class UnsupportedMode(DomainError):
     """A mode plans do not take (yet)."""
 
     status_code = 422
+
+
+def new_plan_id() -> str:
+    """8 letters and digits: nothing a shell or an option parser reads as a flag ('-x')."""
+    return "".join(secrets.choice(PLAN_ID_ALPHABET) for _ in range(8))
 
 
 def create_plan(
@@ -76,7 +83,7 @@ def create_plan(
         where=where,
     )
     plan = Plan(
-        id=secrets.token_urlsafe(6),
+        id=new_plan_id(),
         kind=plan_in.kind.value,
         mode=plan_in.mode.value,
         compute_version=plan_in.compute_version,

@@ -17,7 +17,13 @@ from api.schemas import (
     RunStart,
 )
 from api.services.errors import NotFound
-from api.services.plans import UnsupportedMode, create_plan, get_plan, plan_work_page
+from api.services.plans import (
+    UnsupportedMode,
+    create_plan,
+    get_plan,
+    new_plan_id,
+    plan_work_page,
+)
 from api.services.runs import add_event, end_run, list_runs, start_run
 from tests.services.utils import add_media
 
@@ -179,3 +185,9 @@ def test_a_run_is_recorded_once_per_flow_run_and_a_retry_restarts_it(session: Se
     ] == ["fr-1"]
     with pytest.raises(NotFound):
         end_run(session=session, flow_run_id="nope", end=RunEnd(state="completed"))
+
+
+def test_plan_ids_never_look_like_an_option() -> None:
+    ids = {new_plan_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 8 and i.isalnum() and i.isascii() for i in ids)
