@@ -101,6 +101,11 @@ class BackfillParams(BaseModel):
         "quarantined included), all (every record again), stale (done by an older compute "
         "version of this kind).",
     )
+    only_failed: bool = Field(
+        False,
+        description="Deprecated: the same as mode=failed (kept for existing scripts).",
+        json_schema_extra={"deprecated": True},
+    )
     shard_index: ShardIndex = Field(
         0,
         description="This run's shard, 0 to shard_count - 1 (records with id % count == index).",
@@ -158,6 +163,11 @@ class BackfillParams(BaseModel):
 
     @model_validator(mode="after")
     def _check_shard(self) -> BackfillParams:
+        if self.only_failed:  # the old spelling of mode=failed
+            if self.mode not in (ReprocessMode.MISSING, ReprocessMode.FAILED):
+                raise ValueError(f"only_failed means mode=failed, not mode={self.mode}")
+            object.__setattr__(self, "mode", ReprocessMode.FAILED)
+            object.__setattr__(self, "only_failed", False)
         if self.mode not in self.modes:
             able = " or ".join(sorted(self.modes))
             raise ValueError(f"mode {self.mode} does not apply to this backfill (takes {able})")

@@ -62,11 +62,17 @@ def test_shard_parameters_are_the_parents_as_one_shard() -> None:
         "dry_run": True,
         "media_type": None,
         "mode": "missing",
+        "only_failed": False,
         "shard_index": 2,
         "shard_count": 3,
         "shards": 1,
         "max_failure_ratio": 0.1,
         "concurrency": None,
+        "pause_window": 200,
+        "pause_failure_ratio": 0.5,
+        "pause_failed_chunks": 3,
+        "pause_timeout": 43200,
+        "verify_sample": 0.01,
         "plan_id": None,  # a plan's shards: each child applies its share of the plan
         "max_records_per_second": 10.0,  # a third of the run's pace each
     }

@@ -167,3 +167,11 @@ def test_kinds_that_cannot_recompute_refuse_all_and_stale() -> None:
     assert DurationParams(mode=ReprocessMode.STALE).pending_filter(3) == PendingFilter(
         mode=ReprocessMode.STALE, compute_version=3
     )
+
+
+def test_only_failed_is_the_old_spelling_of_mode_failed() -> None:
+    assert DurationParams(only_failed=True).mode is ReprocessMode.FAILED
+    assert DurationParams(only_failed=True).pending_filter(1).mode is ReprocessMode.FAILED
+    assert DurationParams().mode is ReprocessMode.MISSING
+    with pytest.raises(ValueError, match="only_failed means mode=failed, not mode=all"):
+        DurationParams(only_failed=True, mode=ReprocessMode.ALL)
