@@ -18,6 +18,7 @@ from api.deps import (
     known_query,
 )
 from api.models import ApiToken
+from api.routes.paging import AfterId, Limit
 from api.schemas import (
     MAX_PAGE_LIMIT,
     BackfillKind,
@@ -58,8 +59,6 @@ KindPath = Annotated[
         json_schema_extra={"enum": [k.value for k in BackfillKind]},
     ),
 ]
-AfterId = Annotated[int, Query(ge=0, le=2**63 - 1)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)]
 
 
 class PendingQuery(PendingFilter):

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from api.deps import Admin, Caller, ReadSessionDep, SessionDep, SettingsDep, errors, known_query
+from api.routes.paging import AfterId, Limit
 from api.schemas import (
-    MAX_PAGE_LIMIT,
     PlanCreate,
     PlanId,
     PlanItemsPage,
@@ -18,8 +18,6 @@ from api.services import plans as svc
 router = APIRouter(prefix="/plans", tags=["plans"], responses=errors(401, 422, 503))
 
 PlanPath = Annotated[PlanId, Path()]
-AfterId = Annotated[int, Query(ge=0, le=2**63 - 1)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)]
 
 
 @router.post("", status_code=201, responses=errors(400, 403, 413, 415))
