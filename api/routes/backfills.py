@@ -38,6 +38,7 @@ from api.schemas import (
 from api.services.kinds import KINDS
 from api.services.ledger import record_failures
 from api.services.work import (
+    PendingRequest,
     check_filter,
     counts_need_folding,
     coverage,
@@ -110,13 +111,15 @@ def read_pending(
     where = PendingFilter.model_validate(query.model_dump(exclude={"after_id", "limit"}))
     check_filter(the_kind, where)
     return pending_page(
-        session=session,
-        kind=the_kind,
-        after_id=query.after_id,
-        limit=query.limit,
-        max_attempts=settings.MAX_ATTEMPTS,
-        lease_seconds=settings.COMPILE_LEASE_SECONDS,
-        where=where,
+        session,
+        PendingRequest(
+            kind=the_kind,
+            after_id=query.after_id,
+            limit=query.limit,
+            max_attempts=settings.MAX_ATTEMPTS,
+            lease_seconds=settings.COMPILE_LEASE_SECONDS,
+            where=where,
+        ),
     )
 
 

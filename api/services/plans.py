@@ -28,7 +28,7 @@ from api.schemas import (
 from api.services.errors import DomainError, NotFound
 from api.services.kinds import KINDS
 from api.services.ledger import FAILURES
-from api.services.work import check_filter, pending_query
+from api.services.work import PendingRequest, check_filter, pending_query
 
 ITEMS = PlanItem.__table__  # type: ignore[attr-defined]
 #: How many of its first records `GET /plans/{id}` shows.
@@ -68,12 +68,14 @@ def create_plan(
     )
     check_filter(plan_in.kind, where)
     query = pending_query(
-        kind=plan_in.kind,
-        after_id=0,
-        limit=1,
-        max_attempts=max_attempts,
-        lease_seconds=lease_seconds,
-        where=where,
+        PendingRequest(
+            kind=plan_in.kind,
+            after_id=0,
+            limit=1,
+            max_attempts=max_attempts,
+            lease_seconds=lease_seconds,
+            where=where,
+        )
     )
     plan = Plan(
         id=secrets.token_urlsafe(6),
