@@ -6,6 +6,10 @@ Create Date: 2026-11-29
 
 Frozen SQL: the predicates are copied here (not imported), as a migration must not change
 when the code does. They equal `api.models.TODO_WHERE`; a test checks it.
+
+The trigger makers (`_sqlite_triggers`, `_postgresql_triggers`) take the counters and the
+columns they read, and 0003 makes its triggers with them: they are part of both migrations'
+frozen SQL, so never change what they emit (a new shape of trigger is a new function).
 """
 
 from collections.abc import Sequence
@@ -28,6 +32,8 @@ TODO = {
     "snr_frequency": {"any": f"{CURRENT} AND (snr IS NULL OR frequency IS NULL)"},
     "version_0": {"any": "schema_version = 0"},
 }
+#: Columns the counters read (the update trigger fires on these).
+WATCHED = ("schema_version", "duration", "hash", "hash_algorithm", "snr", "frequency")
 
 
 def todo(kind: str, dialect: str) -> str:
@@ -46,9 +52,9 @@ def counters(dialect: str) -> dict[str, str]:
     }
 
 
-def _of(predicate: str, row: str) -> str:
-    """`predicate` over the columns of `row` (NEW or OLD), as 0 or 1."""
-    for column in ("schema_version", "duration", "hash_algorithm", "hash", "snr", "frequency"):
+def _of(predicate: str, row: str, watched: Sequence[str]) -> str:
+    """`predicate` over the `watched` columns of `row` (NEW or OLD), as 0 or 1."""
+    for column in watched:
         predicate = predicate.replace(f"{column} ", f"{row}.{column} ")
     return f"(CASE WHEN {predicate} THEN 1 ELSE 0 END)"
 
@@ -86,19 +92,19 @@ def upgrade() -> None:
     else:  # the one row the triggers update
         op.execute(f"INSERT INTO media_counts (id, {columns}) SELECT 1, {sums} FROM media")
     if dialect == "postgresql":
-        _postgresql_triggers(names)
+        _postgresql_triggers(counters(dialect))
     else:
-        _sqlite_triggers(names)
+        _sqlite_triggers(counters(dialect), WATCHED)
 
 
-def _sqlite_triggers(names: list[str]) -> None:
-    """Row triggers on the one counter row: SQLite has one writer at a time, so no waiting."""
-    predicates = counters("sqlite")
+def _sqlite_triggers(predicates: dict[str, str], watched: Sequence[str]) -> None:
+    """Row triggers on the one counter row: SQLite has one writer at a time, so no waiting.
+    `predicates`: each counter column and the rows it counts, over the `watched` columns."""
 
     def setting(*signed: tuple[str, str]) -> str:
         parts = []
-        for name in names:
-            delta = " ".join(f"{sign} {_of(predicates[name], row)}" for sign, row in signed)
+        for name, predicate in predicates.items():
+            delta = " ".join(f"{sign} {_of(predicate, row, watched)}" for sign, row in signed)
             parts.append(f"{name} = {name} {delta}")
         return ", ".join(parts)
 
@@ -106,8 +112,7 @@ def _sqlite_triggers(names: list[str]) -> None:
         "insert": ("AFTER INSERT ON media", setting(("+", "NEW"))),
         "delete": ("AFTER DELETE ON media", setting(("-", "OLD"))),
         "update": (
-            "AFTER UPDATE OF schema_version, duration, hash, hash_algorithm, snr, frequency "
-            "ON media",
+            f"AFTER UPDATE OF {', '.join(watched)} ON media",
             setting(("+", "NEW"), ("-", "OLD")),
         ),
     }
@@ -118,10 +123,10 @@ def _sqlite_triggers(names: list[str]) -> None:
         )
 
 
-def _postgresql_triggers(names: list[str]) -> None:
+def _postgresql_triggers(predicates: dict[str, str]) -> None:
     """Statement triggers over the transition tables, each adding one delta row: concurrent
     writers never wait on a counter row (a hot row would also order their locks)."""
-    predicates = counters("postgresql")
+    names = list(predicates)
     columns = ", ".join(names)
 
     agg = ", ".join(f"COUNT(*) FILTER (WHERE {predicates[n]})" for n in names)
