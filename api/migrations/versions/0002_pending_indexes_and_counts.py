@@ -7,9 +7,9 @@ Create Date: 2026-11-29
 Frozen SQL: the predicates are copied here (not imported), as a migration must not change
 when the code does. They equal `api.models.TODO_WHERE`; a test checks it.
 
-The trigger makers (`_sqlite_triggers`, `_postgresql_triggers`) take the counters and the
-columns they read, and 0003 makes its triggers with them: they are part of both migrations'
-frozen SQL, so never change what they emit (a new shape of trigger is a new function).
+`create_counts` (the counters' table and triggers) takes the counters and the columns they
+read, and 0003 makes its counters with it: it is part of both migrations' frozen SQL, so
+never change what it emits (a new shape of counters is a new function).
 """
 
 from collections.abc import Sequence
@@ -60,20 +60,7 @@ def _of(predicate: str, row: str, watched: Sequence[str]) -> str:
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    dialect = bind.dialect.name
-    big = sa.BigInteger()
-    op.create_table(
-        "media_counts",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        *(sa.Column(name, big, nullable=False) for name in counters(dialect)),
-        sa.PrimaryKeyConstraint("id"),
-    )
+    dialect = op.get_bind().dialect.name
     for kind in TODO:
         op.create_index(
             f"ix_media_todo_{kind}",
@@ -82,19 +69,35 @@ def upgrade() -> None:
             sqlite_where=sa.text(todo(kind, "sqlite")),
             postgresql_where=sa.text(todo(kind, "postgresql")),
         )
-    names = list(counters(dialect))
+    create_counts(counters(dialect), WATCHED)
+
+
+def create_counts(predicates: dict[str, str], watched: Sequence[str]) -> None:
+    """`media_counts`, counted once from `media`, and the triggers that keep it: a column
+    per counter of `predicates` (the rows it counts, over the `watched` columns)."""
+    dialect = op.get_bind().dialect.name
+    names = list(predicates)
+    op.create_table(
+        "media_counts",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        *(sa.Column(name, sa.BigInteger(), nullable=False) for name in names),
+        sa.PrimaryKeyConstraint("id"),
+    )
     columns = ", ".join(names)
     sums = ", ".join(
-        f"COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0)" for p in counters(dialect).values()
+        f"COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0)" for p in predicates.values()
     )
     if dialect == "postgresql":  # the id from its sequence, as the trigger rows' will be
         op.execute(f"INSERT INTO media_counts ({columns}) SELECT {sums} FROM media")
+        _postgresql_triggers(predicates)
     else:  # the one row the triggers update
         op.execute(f"INSERT INTO media_counts (id, {columns}) SELECT 1, {sums} FROM media")
-    if dialect == "postgresql":
-        _postgresql_triggers(counters(dialect))
-    else:
-        _sqlite_triggers(counters(dialect), WATCHED)
+        _sqlite_triggers(predicates, watched)
 
 
 def _sqlite_triggers(predicates: dict[str, str], watched: Sequence[str]) -> None:

@@ -14,7 +14,7 @@ Create Date: 2026-11-30
   table and its triggers are made again, counted once from `media`.
 
 Frozen SQL, as in 0002: the predicates equal `api.models.TODO_WHERE` (a test checks it). The
-counters' triggers are made by 0002's trigger makers, which are frozen there.
+counters' table and triggers are made by 0002's `create_counts`, frozen there.
 """
 
 import importlib.util
@@ -112,38 +112,11 @@ def upgrade() -> None:
         )
     for column in VERSION_COLUMNS:
         op.create_index(f"ix_media_{column}", "media", [column])
-    create_counts(dialect)
-
-
-def create_counts(dialect: str) -> None:
-    """`media_counts`, counted once from `media`, and the triggers that keep it."""
-    predicates = counters(dialect)
-    names = list(predicates)
-    op.create_table(
-        "media_counts",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        *(sa.Column(name, sa.BigInteger(), nullable=False) for name in names),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    columns = ", ".join(names)
-    sums = ", ".join(
-        f"COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0)" for p in predicates.values()
-    )
-    if dialect == "postgresql":
-        op.execute(f"INSERT INTO media_counts ({columns}) SELECT {sums} FROM media")
-        _migration_0002()._postgresql_triggers(predicates)
-    else:
-        op.execute(f"INSERT INTO media_counts (id, {columns}) SELECT 1, {sums} FROM media")
-        _migration_0002()._sqlite_triggers(predicates, WATCHED)
+    _migration_0002().create_counts(counters(dialect), WATCHED)
 
 
 def _migration_0002() -> Any:
-    """Migration 0002's module: its trigger makers (frozen there) and its upgrade."""
+    """Migration 0002's module: its `create_counts` (frozen there) and its upgrade."""
     path = Path(__file__).with_name("0002_pending_indexes_and_counts.py")
     spec = importlib.util.spec_from_file_location("migration_0002", path)
     assert spec is not None and spec.loader is not None
