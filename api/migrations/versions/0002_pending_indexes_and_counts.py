@@ -7,7 +7,7 @@ Create Date: 2026-11-29
 Frozen SQL: the predicates are copied here (not imported), as a migration must not change
 when the code does. They equal `api.models.TODO_WHERE`; a test checks it.
 
-`create_counts` (the counters' table and triggers) takes the counters and the columns they
+`create_counts` (the counters' table and triggers, undone by `drop_counts`) takes the counters and the columns they
 read, and 0003 makes its counters with it: it is part of both migrations' frozen SQL, so
 never change what it emits (a new shape of counters is a new function).
 """
@@ -177,6 +177,13 @@ def _postgresql_triggers(predicates: dict[str, str]) -> None:
 
 
 def downgrade() -> None:
+    for kind in TODO:
+        op.drop_index(f"ix_media_todo_{kind}", table_name="media")
+    drop_counts()
+
+
+def drop_counts() -> None:
+    """Undo `create_counts`: the triggers, their functions (PostgreSQL), the table."""
     if op.get_bind().dialect.name == "postgresql":
         for event in ("insert", "delete", "update", "truncate"):
             op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event} ON media")
@@ -184,6 +191,4 @@ def downgrade() -> None:
     else:
         for event in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event}")
-    for kind in TODO:
-        op.drop_index(f"ix_media_todo_{kind}", table_name="media")
     op.drop_table("media_counts")

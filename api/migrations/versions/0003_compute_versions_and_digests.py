@@ -65,20 +65,9 @@ def counters(dialect: str) -> dict[str, str]:
     }
 
 
-def _drop_counts(dialect: str) -> None:
-    if dialect == "postgresql":
-        for event in ("insert", "delete", "update", "truncate"):
-            op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event} ON media")
-            op.execute(f"DROP FUNCTION IF EXISTS media_counts_{event}()")
-    else:
-        for event in ("insert", "delete", "update"):
-            op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event}")
-    op.drop_table("media_counts")
-
-
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop_counts(dialect)
+    _migration_0002().drop_counts()
     op.drop_index("ix_media_todo_file_hashing", table_name="media")
     for column in ("duration_version", "snr_version", "migration_version"):
         op.add_column("media", sa.Column(column, sa.Integer(), nullable=True))
@@ -128,7 +117,7 @@ def _migration_0002() -> Any:
 def downgrade() -> None:
     """Back to one hash per record (sha256 kept when there are several); versions dropped."""
     dialect = op.get_bind().dialect.name
-    _drop_counts(dialect)
+    _migration_0002().drop_counts()
     for name in TODO:
         op.drop_index(f"ix_media_todo_{name}", table_name="media")
     for column in VERSION_COLUMNS:
