@@ -12,6 +12,7 @@ from api.schemas import (
     PlanItemsPage,
     PlanPublic,
     PlanWorkPage,
+    PlanWorkQuery,
 )
 from api.services import plans as svc
 
@@ -70,19 +71,13 @@ def read_plan_work(
     _caller: Admin,
     settings: SettingsDep,
     plan_id: PlanPath,
-    after_id: AfterId = 0,
-    limit: Limit = 100,
-    shard_index: Annotated[int, Query(ge=0, le=10_000)] = 0,
-    shard_count: Annotated[int, Query(ge=1, le=10_000)] = 1,
+    query: Annotated[PlanWorkQuery, Query()],
 ) -> PlanWorkPage:
     """One page of the plan as a run takes it (the `/pending` of a run with `plan_id`):
     each record's planned revision and status now (todo, changed, done)."""
     return svc.plan_work_page(
         session=session,
         plan_id=plan_id,
-        after_id=after_id,
-        limit=limit,
         lease_seconds=settings.COMPILE_LEASE_SECONDS,
-        shard_index=shard_index,
-        shard_count=shard_count,
+        page=query,
     )

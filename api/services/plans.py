@@ -23,6 +23,7 @@ from api.schemas import (
     PlanRecord,
     PlanWorkItem,
     PlanWorkPage,
+    PlanWorkQuery,
     ReprocessMode,
 )
 from api.services.errors import DomainError, NotFound
@@ -31,6 +32,7 @@ from api.services.ledger import FAILURES
 from api.services.work import PendingRequest, check_filter, pending_query
 
 ITEMS = PlanItem.__table__  # type: ignore[attr-defined]
+FIRST_PAGE = PlanWorkQuery()
 #: How many of its first records `GET /plans/{id}` shows.
 FIRST_RECORDS = 20
 #: The modes a plan can be made for today.
@@ -131,14 +133,7 @@ def plan_items_page(*, session: Session, plan_id: str, after_id: int, limit: int
 
 
 def plan_work_page(
-    *,
-    session: Session,
-    plan_id: str,
-    after_id: int,
-    limit: int,
-    lease_seconds: float,
-    shard_index: int = 0,
-    shard_count: int = 1,
+    *, session: Session, plan_id: str, lease_seconds: float, page: PlanWorkQuery = FIRST_PAGE
 ) -> PlanWorkPage:
     """One page of a plan as a run takes it: each planned record with what `/pending` sends,
     its planned revision, and its status now (todo, changed since the plan, done)."""
@@ -156,10 +151,11 @@ def plan_work_page(
             _status(plan, lease_seconds).label("status"),
         )
         .select_from(_joined(plan))
-        .where(ITEMS.c.plan_id == plan.id, ITEMS.c.record_id > after_id)
+        .where(ITEMS.c.plan_id == plan.id, ITEMS.c.record_id > page.after_id)
     )
-    if shard_count > 1:
-        stmt = stmt.where(ITEMS.c.record_id % shard_count == shard_index)
+    if page.shard_count > 1:
+        stmt = stmt.where(ITEMS.c.record_id % page.shard_count == page.shard_index)
+    limit = page.limit
     rows = session.execute(stmt.order_by(ITEMS.c.record_id).limit(limit + 1)).mappings().all()
     items = [PlanWorkItem.model_validate({"record_id": r["id"], **r}) for r in rows[:limit]]
     return PlanWorkPage(
