@@ -18,18 +18,28 @@ log = logging.getLogger("api")
 access = logging.getLogger("api.access")
 
 
-class BodyLimit:
-    """Refuse a body over MAX_BODY_BYTES while it streams in: a chunked request carries no
-    Content-Length for `AccessLog` to check. FastAPI passes an HTTPException raised
-    while it reads the body on to the handlers, so the client gets a plain 413."""
+class _HttpMiddleware:
+    """Pure ASGI middleware that acts on HTTP requests only (lifespan passes straight on)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class BodyLimit(_HttpMiddleware):
+    """Refuse a body over MAX_BODY_BYTES while it streams in: a chunked request carries no
+    Content-Length for `AccessLog` to check. FastAPI passes an HTTPException raised
+    while it reads the body on to the handlers, so the client gets a plain 413."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
 
         async def limited() -> Message:
@@ -43,19 +53,13 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-class AccessLog:
+class AccessLog(_HttpMiddleware):
     """413 for a declared length over the cap; a 500 for what no handler answered; then the
     request's access line. Pure ASGI (Starlette's `BaseHTTPMiddleware` ran each request in a
     task of its own and streamed the response through a queue: a measurable share of a
     1,000-record batch's time)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         started = time.perf_counter()
         status = 500

@@ -694,6 +694,15 @@ class PlanWorkItem(PendingItem):
     status: Literal["todo", "changed", "done"]
 
 
+class PlanWorkQuery(BaseModel):
+    """A page of a plan as a run takes it: after `after_id`, `limit` at most, one shard."""
+
+    after_id: int = Field(0, ge=0, le=2**63 - 1)
+    limit: int = Field(100, ge=1, le=MAX_PAGE_LIMIT)
+    shard_index: int = Field(0, ge=0, le=10_000)
+    shard_count: int = Field(1, ge=1, le=10_000)
+
+
 class PlanWorkPage(BaseModel):
     plan_id: str
     kind: BackfillKind

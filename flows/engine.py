@@ -257,6 +257,17 @@ class BackfillFailed(Exception):
         return type(self), (self.report,)  # a persisted or pickled result keeps its report
 
 
+def publish_report(report: BackfillReport, description: str) -> BackfillReport:
+    """End a run with `report`: its summary artifact (stable key per kind), then
+    `BackfillFailed` if it failed, else the report to return."""
+    create_table_artifact(
+        key=f"{report.kind.value}-summary", table=report.table(), description=description
+    )
+    if report.status == "failed":
+        raise BackfillFailed(report)
+    return report
+
+
 #: Failures with a known cause: the run ends Failed with their reason, without a traceback.
 EXPECTED_FAILURES = (BackfillFailed, ConfigError, APIError)
 
@@ -705,14 +716,7 @@ def run_backfill(
             run = _Run(runner, plan)
             report = run.execute()
             report = record.report = _verified(report, runner, run.written)
-    create_table_artifact(
-        key=f"{spec.kind.value}-summary",
-        table=report.table(),
-        description=f"# {spec.kind.value} backfill: {report.status}",
-    )
-    if report.status == "failed":
-        raise BackfillFailed(report)
-    return report
+    return publish_report(report, f"# {spec.kind.value} backfill: {report.status}")
 
 
 def _verified(report: BackfillReport, runner: ChunkRunner, written: Reservoir) -> BackfillReport:

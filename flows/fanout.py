@@ -65,7 +65,7 @@ from prefect.states import Scheduled
 from pydantic import BaseModel
 
 from api.schemas import BackfillKind
-from flows.engine import TOP_ERRORS, BackfillFailed, BackfillReport, ErrorCount
+from flows.engine import TOP_ERRORS, BackfillReport, ErrorCount, publish_report
 from flows.settings import ConfigError
 from flows.spec import BackfillParams
 
@@ -251,14 +251,9 @@ def fan_out(kind: BackfillKind, params: BackfillParams) -> BackfillReport:
         table=shards_table(outcomes),
         description=f"# {kind.value}: {params.shards} shard runs",
     )
-    create_table_artifact(
-        key=f"{kind.value}-summary",
-        table=report.table(),
-        description=f"# {kind.value} backfill over {params.shards} shards: {report.status}",
+    return publish_report(
+        report, f"# {kind.value} backfill over {params.shards} shards: {report.status}"
     )
-    if report.status == "failed":
-        raise BackfillFailed(report)
-    return report
 
 
 def _shards_deployment(client: SyncPrefectClient, kind: BackfillKind) -> tuple[UUID, str]:

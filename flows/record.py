@@ -64,6 +64,10 @@ def record_event(
     return True
 
 
+#: The counts a run's end carries: the report's fields of the same names.
+RUN_COUNTS = set(RunEnd.model_fields) - {"state", "reason"}
+
+
 class RunRecord:
     """The record of one flow run: `start()` when it starts, `end(...)` when it ends."""
 
@@ -107,12 +111,7 @@ class RunRecord:
             end = RunEnd(
                 state="completed" if report.status == "completed" else "failed",
                 reason=report.reason[:4000] if report.reason else None,
-                applied=report.applied,
-                unchanged=report.unchanged,
-                rejected=report.rejected,
-                failed=report.failed,
-                skipped=report.skipped,
-                changed_since_plan=report.changed_since_plan,
+                **report.model_dump(include=RUN_COUNTS),
             )
         elif isinstance(error, Exception):
             from flows.engine import failure_reason

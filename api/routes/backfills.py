@@ -18,6 +18,7 @@ from api.deps import (
     known_query,
 )
 from api.models import ApiToken
+from api.routes.paging import AfterId, Limit
 from api.schemas import (
     MAX_PAGE_LIMIT,
     BackfillKind,
@@ -37,6 +38,7 @@ from api.schemas import (
 from api.services.kinds import KINDS
 from api.services.ledger import record_failures
 from api.services.work import (
+    PendingRequest,
     check_filter,
     counts_need_folding,
     coverage,
@@ -58,8 +60,6 @@ KindPath = Annotated[
         json_schema_extra={"enum": [k.value for k in BackfillKind]},
     ),
 ]
-AfterId = Annotated[int, Query(ge=0, le=2**63 - 1)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)]
 
 
 class PendingQuery(PendingFilter):
@@ -111,13 +111,15 @@ def read_pending(
     where = PendingFilter.model_validate(query.model_dump(exclude={"after_id", "limit"}))
     check_filter(the_kind, where)
     return pending_page(
-        session=session,
-        kind=the_kind,
-        after_id=query.after_id,
-        limit=query.limit,
-        max_attempts=settings.MAX_ATTEMPTS,
-        lease_seconds=settings.COMPILE_LEASE_SECONDS,
-        where=where,
+        session,
+        PendingRequest(
+            kind=the_kind,
+            after_id=query.after_id,
+            limit=query.limit,
+            max_attempts=settings.MAX_ATTEMPTS,
+            lease_seconds=settings.COMPILE_LEASE_SECONDS,
+            where=where,
+        ),
     )
 
 

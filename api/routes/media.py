@@ -11,8 +11,8 @@ from sqlmodel import Session
 from api.deps import Admin, BatchDep, Caller, ReadSessionDep, SessionDep, errors, known_query
 from api.exception_handlers import _is_json
 from api.models import Media
+from api.routes.paging import AfterId, Limit
 from api.schemas import (
-    MAX_PAGE_LIMIT,
     MediaPage,
     MediaPublic,
     MediaRegisterBatch,
@@ -91,8 +91,8 @@ router.add_api_route(
 def read_media_page(
     session: ReadSessionDep,
     _caller: Caller,
-    after_id: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = 100,
+    after_id: AfterId = 0,
+    limit: Limit = 100,
     media_type: MediaType | None = None,
     schema_version: Annotated[int | None, Query(ge=0, le=1)] = None,
 ) -> MediaPage:

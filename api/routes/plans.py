@@ -5,21 +5,20 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from api.deps import Admin, Caller, ReadSessionDep, SessionDep, SettingsDep, errors, known_query
+from api.routes.paging import AfterId, Limit
 from api.schemas import (
-    MAX_PAGE_LIMIT,
     PlanCreate,
     PlanId,
     PlanItemsPage,
     PlanPublic,
     PlanWorkPage,
+    PlanWorkQuery,
 )
 from api.services import plans as svc
 
 router = APIRouter(prefix="/plans", tags=["plans"], responses=errors(401, 422, 503))
 
 PlanPath = Annotated[PlanId, Path()]
-AfterId = Annotated[int, Query(ge=0, le=2**63 - 1)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)]
 
 
 @router.post("", status_code=201, responses=errors(400, 403, 413, 415))
@@ -72,19 +71,13 @@ def read_plan_work(
     _caller: Admin,
     settings: SettingsDep,
     plan_id: PlanPath,
-    after_id: AfterId = 0,
-    limit: Limit = 100,
-    shard_index: Annotated[int, Query(ge=0, le=10_000)] = 0,
-    shard_count: Annotated[int, Query(ge=1, le=10_000)] = 1,
+    query: Annotated[PlanWorkQuery, Query()],
 ) -> PlanWorkPage:
     """One page of the plan as a run takes it (the `/pending` of a run with `plan_id`):
     each record's planned revision and status now (todo, changed, done)."""
     return svc.plan_work_page(
         session=session,
         plan_id=plan_id,
-        after_id=after_id,
-        limit=limit,
         lease_seconds=settings.COMPILE_LEASE_SECONDS,
-        shard_index=shard_index,
-        shard_count=shard_count,
+        page=query,
     )

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from api.deps import Admin, Caller, ReadSessionDep, SessionDep, errors, known_query
+from api.routes.paging import Limit
 from api.schemas import (
-    MAX_PAGE_LIMIT,
     BackfillKind,
     FlowRunId,
     RunEnd,
@@ -28,7 +28,7 @@ def read_runs(
     session: ReadSessionDep,
     _caller: Caller,
     before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = 50,
+    limit: Limit = 50,
     kind: BackfillKind | None = None,
 ) -> RunPage:
     """Every run, newest first; pass `next_before_id` back as `before_id`."""

@@ -24,14 +24,16 @@ from api.schemas import (
     PlanRecord,
     PlanWorkItem,
     PlanWorkPage,
+    PlanWorkQuery,
     ReprocessMode,
 )
 from api.services.errors import DomainError, NotFound
 from api.services.kinds import KINDS
 from api.services.ledger import FAILURES
-from api.services.work import check_filter, pending_query
+from api.services.work import PendingRequest, check_filter, pending_query
 
 ITEMS = PlanItem.__table__  # type: ignore[attr-defined]
+FIRST_PAGE = PlanWorkQuery()
 #: How many of its first records `GET /plans/{id}` shows.
 FIRST_RECORDS = 20
 PLAN_ID_ALPHABET = string.ascii_letters + string.digits
@@ -75,12 +77,14 @@ def create_plan(
     )
     check_filter(plan_in.kind, where)
     query = pending_query(
-        kind=plan_in.kind,
-        after_id=0,
-        limit=1,
-        max_attempts=max_attempts,
-        lease_seconds=lease_seconds,
-        where=where,
+        PendingRequest(
+            kind=plan_in.kind,
+            after_id=0,
+            limit=1,
+            max_attempts=max_attempts,
+            lease_seconds=lease_seconds,
+            where=where,
+        )
     )
     plan = Plan(
         id=new_plan_id(),
@@ -136,14 +140,7 @@ def plan_items_page(*, session: Session, plan_id: str, after_id: int, limit: int
 
 
 def plan_work_page(
-    *,
-    session: Session,
-    plan_id: str,
-    after_id: int,
-    limit: int,
-    lease_seconds: float,
-    shard_index: int = 0,
-    shard_count: int = 1,
+    *, session: Session, plan_id: str, lease_seconds: float, page: PlanWorkQuery = FIRST_PAGE
 ) -> PlanWorkPage:
     """One page of a plan as a run takes it: each planned record with what `/pending` sends,
     its planned revision, and its status now (todo, changed since the plan, done)."""
@@ -161,10 +158,11 @@ def plan_work_page(
             _status(plan, lease_seconds).label("status"),
         )
         .select_from(_joined(plan))
-        .where(ITEMS.c.plan_id == plan.id, ITEMS.c.record_id > after_id)
+        .where(ITEMS.c.plan_id == plan.id, ITEMS.c.record_id > page.after_id)
     )
-    if shard_count > 1:
-        stmt = stmt.where(ITEMS.c.record_id % shard_count == shard_index)
+    if page.shard_count > 1:
+        stmt = stmt.where(ITEMS.c.record_id % page.shard_count == page.shard_index)
+    limit = page.limit
     rows = session.execute(stmt.order_by(ITEMS.c.record_id).limit(limit + 1)).mappings().all()
     items = [PlanWorkItem.model_validate({"record_id": r["id"], **r}) for r in rows[:limit]]
     return PlanWorkPage(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -40,25 +41,23 @@ COUNTS = MediaCounts.__table__  # type: ignore[attr-defined]
 DEFAULT_FILTER = PendingFilter()
 
 
-def pending_page(
-    *,
-    session: Session,
-    kind: BackfillKind,
-    after_id: int,
-    limit: int,
-    max_attempts: int,
-    lease_seconds: float,
-    where: PendingFilter = DEFAULT_FILTER,
-) -> PendingPage:
-    """One page of work, by id, of the records `where` selects (see `pending_query`)."""
-    stmt = pending_query(
-        kind=kind,
-        after_id=after_id,
-        limit=limit,
-        max_attempts=max_attempts,
-        lease_seconds=lease_seconds,
-        where=where,
-    )
+@dataclass(frozen=True, kw_only=True)
+class PendingRequest:
+    """One page of work to read: `kind`'s records after `after_id`, `limit` at most, of
+    those `where` selects; `max_attempts` quarantines, `lease_seconds` is the compile lease."""
+
+    kind: BackfillKind
+    after_id: int
+    limit: int
+    max_attempts: int
+    lease_seconds: float
+    where: PendingFilter = DEFAULT_FILTER
+
+
+def pending_page(session: Session, request: PendingRequest) -> PendingPage:
+    """One page of work, by id, of the records `request.where` selects (see `pending_query`)."""
+    kind, limit = request.kind, request.limit
+    stmt = pending_query(request)
     rows = session.execute(stmt).mappings().all()
     items = [PendingItem.model_validate({"record_id": r["id"], **r}) for r in rows[:limit]]
     return PendingPage(
@@ -83,29 +82,22 @@ def check_filter(kind: BackfillKind, where: PendingFilter) -> None:
         raise InvalidRequest("compute_version applies to mode=stale only")
 
 
-def pending_query(
-    *,
-    kind: BackfillKind,
-    after_id: int,
-    limit: int,
-    max_attempts: int,
-    lease_seconds: float,
-    where: PendingFilter = DEFAULT_FILTER,
-) -> Select[Any]:
+def pending_query(request: PendingRequest) -> Select[Any]:
     """The query of `pending_page` (one row more than `limit`, to tell if there is a next).
 
     missing: to do, not quarantined (a partial index per kind holds exactly these rows);
     failed: to do with a ledger row, quarantined included; all: in scope, not quarantined;
     stale: done with a value of a compute version older than `where.compute_version`."""
+    kind, where, max_attempts = request.kind, request.where, request.max_attempts
     spec = KINDS[kind]
     table = spec.table
     algorithm = where.algorithm or HashAlgorithm.SHA256
-    todo = spec.todo(algorithm, lease_seconds)
+    todo = spec.todo(algorithm, request.lease_seconds)
     columns = [table.c.id, table.c.revision, *(table.c[c] for c in spec.details)]
     stmt = (
         select(*columns, func.coalesce(FAILURES.c.attempts, 0).label("attempts"))
         .select_from(_with_ledger(kind))
-        .where(table.c.id > after_id)
+        .where(table.c.id > request.after_id)
     )
     if where.media_type is not None:
         stmt = stmt.where(MEDIA.c.media_type == where.media_type)
@@ -122,7 +114,7 @@ def pending_query(
             stmt = stmt.where(todo, _not_quarantined(max_attempts))
     if where.shard_count > 1:
         stmt = stmt.where(table.c.id % where.shard_count == where.shard_index)
-    return stmt.order_by(table.c.id).limit(limit + 1)
+    return stmt.order_by(table.c.id).limit(request.limit + 1)
 
 
 def _with_ledger(kind: BackfillKind) -> Any:

@@ -118,13 +118,25 @@ def test_the_summary_table_reads_back_as_the_report() -> None:
     assert BackfillReport.from_table(KIND, planned.table()) == planned
 
 
+def _shard(
+    index: int, state: str, report: BackfillReport | None = None, message: str | None = None
+) -> ShardOutcome:
+    """Shard `index` of 3 that ended in `state` (flow run ids a, b, c)."""
+    return ShardOutcome(
+        index=index,
+        flow_run_id="abc"[index],
+        name=f"run-shard-{index}-of-3",
+        state=state,
+        completed=state == "Completed",
+        report=report,
+        message=message,
+    )
+
+
 def test_combine_sums_the_shards_and_names_the_failed_ones() -> None:
-    ok = ShardOutcome(
-        index=0,
-        flow_run_id="a",
-        name="run-shard-0-of-3",
-        state="Completed",
-        completed=True,
+    ok = _shard(
+        0,
+        "Completed",
         report=_report(
             processed=5,
             applied=4,
@@ -141,22 +153,8 @@ def test_combine_sums_the_shards_and_names_the_failed_ones() -> None:
             "top_errors": [ErrorCount(error="y", count=5), ErrorCount(error="x", count=1)],
         }
     )
-    bad = ShardOutcome(
-        index=1,
-        flow_run_id="b",
-        name="run-shard-1-of-3",
-        state="Failed",
-        completed=False,
-        report=bad_report,
-    )
-    crashed = ShardOutcome(
-        index=2,
-        flow_run_id="c",
-        name="run-shard-2-of-3",
-        state="Crashed",
-        completed=False,
-        message="process exited -9",
-    )
+    bad = _shard(1, "Failed", report=bad_report)
+    crashed = _shard(2, "Crashed", message="process exited -9")
 
     whole = combine(KIND, [ok], dry_run=False, flow_run_id="p", seconds=2.0)
     assert (whole.status, whole.reason, whole.processed, whole.records_per_second) == (

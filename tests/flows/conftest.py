@@ -71,3 +71,9 @@ def client_env(live_api: LiveApi, media_root: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BACKFILL_MAX_RETRIES", "8")
     monkeypatch.delenv("BACKFILL_DATABASE_URL", raising=False)
     return live_api
+
+
+@pytest.fixture
+def quarantine_at_first_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live API (started after this) quarantines a record at its first failure."""
+    monkeypatch.setenv("BACKFILL_MAX_ATTEMPTS", "1")

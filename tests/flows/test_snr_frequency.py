@@ -99,12 +99,6 @@ def test_a_worker_unpickles_the_spec_without_importing_prefect() -> None:
 # --- End to end -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def quarantine_at_first_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The live API (started after this) quarantines a record at its first failure."""
-    monkeypatch.setenv("BACKFILL_MAX_ATTEMPTS", "1")
-
-
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_api_url")
 def test_snr_frequency_matches_the_corpus_manifest(

@@ -200,12 +200,6 @@ def ledger(api: LiveApi, kind: BackfillKind) -> dict[int, str]:
 
 
 @pytest.fixture
-def quarantine_at_first_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The live API (started after this) quarantines a record at its first failure."""
-    monkeypatch.setenv("BACKFILL_MAX_ATTEMPTS", "1")
-
-
-@pytest.fixture
 def pool() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(max_workers=2) as executor:
         yield executor

@@ -35,7 +35,7 @@ from api.services.kinds import KINDS
 from api.services.ledger import record_failures
 from api.services.media import register_media
 from api.services.projects import apply_clip_compile
-from api.services.work import coverage, fold_counts, pending_query, scan_coverage
+from api.services.work import PendingRequest, coverage, fold_counts, pending_query, scan_coverage
 from tests.conftest import ROOT
 from tests.services.utils import add_project
 
@@ -265,12 +265,14 @@ def test_a_page_of_pending_work_reads_the_partial_index(
     dialect = session.get_bind().dialect
     session.execute(text("ANALYZE"))
     stmt = pending_query(
-        kind=kind,
-        after_id=0,
-        limit=100,
-        max_attempts=3,
-        lease_seconds=LEASE,
-        where=PendingFilter(algorithm=algorithm),
+        PendingRequest(
+            kind=kind,
+            after_id=0,
+            limit=100,
+            max_attempts=3,
+            lease_seconds=LEASE,
+            where=PendingFilter(algorithm=algorithm),
+        )
     )
     sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     explain = "EXPLAIN QUERY PLAN " if dialect.name == "sqlite" else "EXPLAIN "

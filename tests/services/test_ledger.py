@@ -15,7 +15,7 @@ from api.schemas import (
 from api.services.batches import apply_durations
 from api.services.kinds import KINDS
 from api.services.ledger import record_failures
-from api.services.work import failures_page, pending_page
+from api.services.work import PendingRequest, failures_page, pending_page
 from tests.services.test_batches import durations
 from tests.services.utils import add_media, ledger
 
@@ -52,13 +52,15 @@ def test_quarantined_record_leaves_pending_until_asked_for(session: Session) -> 
         fail(session, quarantined)
     pages = {
         mode: pending_page(
-            session=session,
-            kind=KIND,
-            after_id=0,
-            limit=10,
-            max_attempts=3,
-            lease_seconds=60,
-            where=PendingFilter(mode=mode),
+            session,
+            PendingRequest(
+                kind=KIND,
+                after_id=0,
+                limit=10,
+                max_attempts=3,
+                lease_seconds=60,
+                where=PendingFilter(mode=mode),
+            ),
         )
         for mode in ReprocessMode
         if mode is not ReprocessMode.STALE

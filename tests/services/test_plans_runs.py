@@ -11,6 +11,7 @@ from api.schemas import (
     HashAlgorithm,
     PlanCreate,
     PlanParameters,
+    PlanWorkQuery,
     ReprocessMode,
     RunEnd,
     RunEventIn,
@@ -57,7 +58,9 @@ def test_a_plan_holds_what_pending_would_take_with_revisions(session: Session) -
     session.execute(text(f"UPDATE media SET revision = 2 WHERE id = {todo[1]}"))
     session.execute(text(f"UPDATE media SET duration = 3.0, revision = 2 WHERE id = {todo[2]}"))
     session.commit()
-    page = plan_work_page(session=session, plan_id=plan.id, after_id=0, limit=3, lease_seconds=60)
+    page = plan_work_page(
+        session=session, plan_id=plan.id, lease_seconds=60, page=PlanWorkQuery(limit=3)
+    )
     assert [(i.record_id, i.status, i.planned_revision) for i in page.items] == [
         (todo[0], "todo", 1),
         (todo[1], "changed", 1),
@@ -67,11 +70,8 @@ def test_a_plan_holds_what_pending_would_take_with_revisions(session: Session) -
     shard = plan_work_page(
         session=session,
         plan_id=plan.id,
-        after_id=0,
-        limit=10,
         lease_seconds=60,
-        shard_index=1,
-        shard_count=2,
+        page=PlanWorkQuery(limit=10, shard_index=1, shard_count=2),
     )
     assert [i.record_id for i in shard.items] == [r for r in todo if r % 2 == 1]
     counts = get_plan(session=session, plan_id=plan.id, lease_seconds=60).counts
@@ -115,7 +115,9 @@ def test_hash_plans_keep_their_algorithm(session: Session) -> None:
         lease_seconds=60,
     )
     assert plan.count == 1 and plan.parameters.algorithm == HashAlgorithm.SHA256
-    page = plan_work_page(session=session, plan_id=plan.id, after_id=0, limit=10, lease_seconds=60)
+    page = plan_work_page(
+        session=session, plan_id=plan.id, lease_seconds=60, page=PlanWorkQuery(limit=10)
+    )
     assert [(i.record_id, i.status) for i in page.items] == [(md5, "todo")]
 
 
@@ -127,11 +129,15 @@ def test_a_stale_plan_holds_the_values_of_older_versions_until_they_are_redone(
     add_media(session, 1, prefix="todo")  # no value yet: not stale, missing
     plan_id = make_plan(session, mode="stale", compute_version=2)
 
-    page = plan_work_page(session=session, plan_id=plan_id, after_id=0, limit=10, lease_seconds=60)
+    page = plan_work_page(
+        session=session, plan_id=plan_id, lease_seconds=60, page=PlanWorkQuery(limit=10)
+    )
     assert [(i.record_id, i.status) for i in page.items] == [(r, "todo") for r in old]
     session.execute(text(f"UPDATE media SET duration_version = 2 WHERE id = {old[0]}"))
     session.commit()
-    page = plan_work_page(session=session, plan_id=plan_id, after_id=0, limit=10, lease_seconds=60)
+    page = plan_work_page(
+        session=session, plan_id=plan_id, lease_seconds=60, page=PlanWorkQuery(limit=10)
+    )
     assert [i.status for i in page.items] == ["done", "todo", "todo"]
 
 

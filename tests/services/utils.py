@@ -11,7 +11,7 @@ from api.core.db import read_only
 from api.models import BackfillFailure, Media, uri_key
 from api.schemas import BackfillKind, ClipIn, PendingFilter, ProjectCreate, TierIn
 from api.services.projects import create_project, put_tier
-from api.services.work import pending_page
+from api.services.work import PendingRequest, pending_page
 
 
 def add_media(session: Session, n: int = 1, *, prefix: str = "s", **fields: Any) -> list[int]:
@@ -69,12 +69,14 @@ def add_project(session: Session, *, render_seconds: float = 3600.0) -> int:
 def pending_ids(session: Session, kind: BackfillKind, where: PendingFilter) -> list[int]:
     """The record ids of the first `/pending` page (up to 100) that `where` selects."""
     page = pending_page(
-        session=session,
-        kind=kind,
-        after_id=0,
-        limit=100,
-        max_attempts=3,
-        lease_seconds=60,
-        where=where,
+        session,
+        PendingRequest(
+            kind=kind,
+            after_id=0,
+            limit=100,
+            max_attempts=3,
+            lease_seconds=60,
+            where=where,
+        ),
     )
     return [item.record_id for item in page.items]

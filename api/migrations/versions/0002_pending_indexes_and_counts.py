@@ -6,6 +6,10 @@ Create Date: 2026-11-29
 
 Frozen SQL: the predicates are copied here (not imported), as a migration must not change
 when the code does. They equal `api.models.TODO_WHERE`; a test checks it.
+
+`create_counts` (the counters' table and triggers, undone by `drop_counts`) takes the counters and the columns they
+read, and 0003 makes its counters with it: it is part of both migrations' frozen SQL, so
+never change what it emits (a new shape of counters is a new function).
 """
 
 from collections.abc import Sequence
@@ -28,6 +32,8 @@ TODO = {
     "snr_frequency": {"any": f"{CURRENT} AND (snr IS NULL OR frequency IS NULL)"},
     "version_0": {"any": "schema_version = 0"},
 }
+#: Columns the counters read (the update trigger fires on these).
+WATCHED = ("schema_version", "duration", "hash", "hash_algorithm", "snr", "frequency")
 
 
 def todo(kind: str, dialect: str) -> str:
@@ -46,28 +52,15 @@ def counters(dialect: str) -> dict[str, str]:
     }
 
 
-def _of(predicate: str, row: str) -> str:
-    """`predicate` over the columns of `row` (NEW or OLD), as 0 or 1."""
-    for column in ("schema_version", "duration", "hash_algorithm", "hash", "snr", "frequency"):
+def _of(predicate: str, row: str, watched: Sequence[str]) -> str:
+    """`predicate` over the `watched` columns of `row` (NEW or OLD), as 0 or 1."""
+    for column in watched:
         predicate = predicate.replace(f"{column} ", f"{row}.{column} ")
     return f"(CASE WHEN {predicate} THEN 1 ELSE 0 END)"
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    dialect = bind.dialect.name
-    big = sa.BigInteger()
-    op.create_table(
-        "media_counts",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        *(sa.Column(name, big, nullable=False) for name in counters(dialect)),
-        sa.PrimaryKeyConstraint("id"),
-    )
+    dialect = op.get_bind().dialect.name
     for kind in TODO:
         op.create_index(
             f"ix_media_todo_{kind}",
@@ -76,29 +69,45 @@ def upgrade() -> None:
             sqlite_where=sa.text(todo(kind, "sqlite")),
             postgresql_where=sa.text(todo(kind, "postgresql")),
         )
-    names = list(counters(dialect))
+    create_counts(counters(dialect), WATCHED)
+
+
+def create_counts(predicates: dict[str, str], watched: Sequence[str]) -> None:
+    """`media_counts`, counted once from `media`, and the triggers that keep it: a column
+    per counter of `predicates` (the rows it counts, over the `watched` columns)."""
+    dialect = op.get_bind().dialect.name
+    names = list(predicates)
+    op.create_table(
+        "media_counts",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        *(sa.Column(name, sa.BigInteger(), nullable=False) for name in names),
+        sa.PrimaryKeyConstraint("id"),
+    )
     columns = ", ".join(names)
     sums = ", ".join(
-        f"COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0)" for p in counters(dialect).values()
+        f"COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0)" for p in predicates.values()
     )
     if dialect == "postgresql":  # the id from its sequence, as the trigger rows' will be
         op.execute(f"INSERT INTO media_counts ({columns}) SELECT {sums} FROM media")
+        _postgresql_triggers(predicates)
     else:  # the one row the triggers update
         op.execute(f"INSERT INTO media_counts (id, {columns}) SELECT 1, {sums} FROM media")
-    if dialect == "postgresql":
-        _postgresql_triggers(names)
-    else:
-        _sqlite_triggers(names)
+        _sqlite_triggers(predicates, watched)
 
 
-def _sqlite_triggers(names: list[str]) -> None:
-    """Row triggers on the one counter row: SQLite has one writer at a time, so no waiting."""
-    predicates = counters("sqlite")
+def _sqlite_triggers(predicates: dict[str, str], watched: Sequence[str]) -> None:
+    """Row triggers on the one counter row: SQLite has one writer at a time, so no waiting.
+    `predicates`: each counter column and the rows it counts, over the `watched` columns."""
 
     def setting(*signed: tuple[str, str]) -> str:
         parts = []
-        for name in names:
-            delta = " ".join(f"{sign} {_of(predicates[name], row)}" for sign, row in signed)
+        for name, predicate in predicates.items():
+            delta = " ".join(f"{sign} {_of(predicate, row, watched)}" for sign, row in signed)
             parts.append(f"{name} = {name} {delta}")
         return ", ".join(parts)
 
@@ -106,8 +115,7 @@ def _sqlite_triggers(names: list[str]) -> None:
         "insert": ("AFTER INSERT ON media", setting(("+", "NEW"))),
         "delete": ("AFTER DELETE ON media", setting(("-", "OLD"))),
         "update": (
-            "AFTER UPDATE OF schema_version, duration, hash, hash_algorithm, snr, frequency "
-            "ON media",
+            f"AFTER UPDATE OF {', '.join(watched)} ON media",
             setting(("+", "NEW"), ("-", "OLD")),
         ),
     }
@@ -118,10 +126,10 @@ def _sqlite_triggers(names: list[str]) -> None:
         )
 
 
-def _postgresql_triggers(names: list[str]) -> None:
+def _postgresql_triggers(predicates: dict[str, str]) -> None:
     """Statement triggers over the transition tables, each adding one delta row: concurrent
     writers never wait on a counter row (a hot row would also order their locks)."""
-    predicates = counters("postgresql")
+    names = list(predicates)
     columns = ", ".join(names)
 
     agg = ", ".join(f"COUNT(*) FILTER (WHERE {predicates[n]})" for n in names)
@@ -169,6 +177,13 @@ def _postgresql_triggers(names: list[str]) -> None:
 
 
 def downgrade() -> None:
+    for kind in TODO:
+        op.drop_index(f"ix_media_todo_{kind}", table_name="media")
+    drop_counts()
+
+
+def drop_counts() -> None:
+    """Undo `create_counts`: the triggers, their functions (PostgreSQL), the table."""
     if op.get_bind().dialect.name == "postgresql":
         for event in ("insert", "delete", "update", "truncate"):
             op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event} ON media")
@@ -176,6 +191,4 @@ def downgrade() -> None:
     else:
         for event in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event}")
-    for kind in TODO:
-        op.drop_index(f"ix_media_todo_{kind}", table_name="media")
     op.drop_table("media_counts")

@@ -13,12 +13,14 @@ Create Date: 2026-11-30
 - `media_counts` gets a to-do counter per algorithm (`hash_todo` becomes `sha256_todo`): the
   table and its triggers are made again, counted once from `media`.
 
-Frozen SQL, as in 0002: the predicates equal `api.models.TODO_WHERE` (a test checks it).
+Frozen SQL, as in 0002: the predicates equal `api.models.TODO_WHERE` (a test checks it). The
+counters' table and triggers are made by 0002's `create_counts`, frozen there.
 """
 
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -63,27 +65,9 @@ def counters(dialect: str) -> dict[str, str]:
     }
 
 
-def _of(predicate: str, row: str) -> str:
-    """`predicate` over the columns of `row` (NEW or OLD), as 0 or 1."""
-    for column in WATCHED:
-        predicate = predicate.replace(f"{column} ", f"{row}.{column} ")
-    return f"(CASE WHEN {predicate} THEN 1 ELSE 0 END)"
-
-
-def _drop_counts(dialect: str) -> None:
-    if dialect == "postgresql":
-        for event in ("insert", "delete", "update", "truncate"):
-            op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event} ON media")
-            op.execute(f"DROP FUNCTION IF EXISTS media_counts_{event}()")
-    else:
-        for event in ("insert", "delete", "update"):
-            op.execute(f"DROP TRIGGER IF EXISTS media_counts_{event}")
-    op.drop_table("media_counts")
-
-
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop_counts(dialect)
+    _migration_0002().drop_counts()
     op.drop_index("ix_media_todo_file_hashing", table_name="media")
     for column in ("duration_version", "snr_version", "migration_version"):
         op.add_column("media", sa.Column(column, sa.Integer(), nullable=True))
@@ -117,112 +101,23 @@ def upgrade() -> None:
         )
     for column in VERSION_COLUMNS:
         op.create_index(f"ix_media_{column}", "media", [column])
-    create_counts(dialect)
+    _migration_0002().create_counts(counters(dialect), WATCHED)
 
 
-def create_counts(dialect: str) -> None:
-    """`media_counts`, counted once from `media`, and the triggers that keep it."""
-    predicates = counters(dialect)
-    names = list(predicates)
-    op.create_table(
-        "media_counts",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        *(sa.Column(name, sa.BigInteger(), nullable=False) for name in names),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    columns = ", ".join(names)
-    sums = ", ".join(
-        f"COALESCE(SUM(CASE WHEN {p} THEN 1 ELSE 0 END), 0)" for p in predicates.values()
-    )
-    if dialect == "postgresql":
-        op.execute(f"INSERT INTO media_counts ({columns}) SELECT {sums} FROM media")
-        _postgresql_triggers(predicates)
-    else:
-        op.execute(f"INSERT INTO media_counts (id, {columns}) SELECT 1, {sums} FROM media")
-        _sqlite_triggers(predicates)
-
-
-def _sqlite_triggers(predicates: dict[str, str]) -> None:
-    """Row triggers on the one counter row (SQLite has one writer at a time)."""
-
-    def setting(*signed: tuple[str, str]) -> str:
-        parts = []
-        for name, predicate in predicates.items():
-            delta = " ".join(f"{sign} {_of(predicate, row)}" for sign, row in signed)
-            parts.append(f"{name} = {name} {delta}")
-        return ", ".join(parts)
-
-    statements = {
-        "insert": ("AFTER INSERT ON media", setting(("+", "NEW"))),
-        "delete": ("AFTER DELETE ON media", setting(("-", "OLD"))),
-        "update": (
-            f"AFTER UPDATE OF {', '.join(WATCHED)} ON media",
-            setting(("+", "NEW"), ("-", "OLD")),
-        ),
-    }
-    for event, (when, assignments) in statements.items():
-        op.execute(
-            f"CREATE TRIGGER media_counts_{event} {when} FOR EACH ROW BEGIN "
-            f"UPDATE media_counts SET {assignments} WHERE id = 1; END"
-        )
-
-
-def _postgresql_triggers(predicates: dict[str, str]) -> None:
-    """Statement triggers over the transition tables, each adding one delta row."""
-    names = list(predicates)
-    columns = ", ".join(names)
-    agg = ", ".join(f"COUNT(*) FILTER (WHERE {predicates[n]})" for n in names)
-    new = f"SELECT {agg} FROM new_rows"
-    old = f"SELECT {agg} FROM old_rows"
-    bodies = {
-        "insert": f"INSERT INTO media_counts ({columns}) {new}",
-        "delete": (
-            f"INSERT INTO media_counts ({columns}) SELECT "
-            + ", ".join(f"-d.{n}" for n in names)
-            + f" FROM ({old}) AS d({columns})"
-        ),
-        "update": (
-            f"INSERT INTO media_counts ({columns}) SELECT "
-            + ", ".join(f"n.{n} - o.{n}" for n in names)
-            + f" FROM ({new}) AS n({columns}), ({old}) AS o({columns}) WHERE "
-            + " OR ".join(f"n.{n} <> o.{n}" for n in names)
-        ),
-    }
-    transition = {
-        "insert": "REFERENCING NEW TABLE AS new_rows",
-        "delete": "REFERENCING OLD TABLE AS old_rows",
-        "update": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
-    }
-    for event, body in bodies.items():
-        op.execute(
-            f"CREATE FUNCTION media_counts_{event}() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN {body}; RETURN NULL; END $$"
-        )
-        op.execute(
-            f"CREATE TRIGGER media_counts_{event} AFTER {event.upper()} ON media "
-            f"{transition[event]} FOR EACH STATEMENT EXECUTE FUNCTION media_counts_{event}()"
-        )
-    zeros = ", ".join("0" for _ in names)
-    op.execute(
-        "CREATE FUNCTION media_counts_truncate() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        f"BEGIN DELETE FROM media_counts; INSERT INTO media_counts ({columns}) VALUES ({zeros}); "
-        "RETURN NULL; END $$"
-    )
-    op.execute(
-        "CREATE TRIGGER media_counts_truncate AFTER TRUNCATE ON media "
-        "FOR EACH STATEMENT EXECUTE FUNCTION media_counts_truncate()"
-    )
+def _migration_0002() -> Any:
+    """Migration 0002's module: its `create_counts` (frozen there) and its upgrade."""
+    path = Path(__file__).with_name("0002_pending_indexes_and_counts.py")
+    spec = importlib.util.spec_from_file_location("migration_0002", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    return migration
 
 
 def downgrade() -> None:
     """Back to one hash per record (sha256 kept when there are several); versions dropped."""
     dialect = op.get_bind().dialect.name
-    _drop_counts(dialect)
+    _migration_0002().drop_counts()
     for name in TODO:
         op.drop_index(f"ix_media_todo_{name}", table_name="media")
     for column in VERSION_COLUMNS:
@@ -238,9 +133,4 @@ def downgrade() -> None:
         op.execute(f"ALTER TABLE media DROP COLUMN {column}")
     op.execute("ALTER TABLE projects DROP COLUMN compile_version")
     # 0002's indexes and counters, made by 0002 itself.
-    path = Path(__file__).with_name("0002_pending_indexes_and_counts.py")
-    spec = importlib.util.spec_from_file_location("migration_0002", path)
-    assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
-    migration.upgrade()
+    _migration_0002().upgrade()
