@@ -280,9 +280,10 @@ def status() -> None:
         with _client(settings) as client:
             coverage = client.coverage()
     table = Table(title=f"coverage at {settings.API_URL}")
-    names = ("kind", "total", "done", "pending", "failed", "quarantined", "done %", "by version")
-    for name in names:
-        table.add_column(name, justify="left" if name in ("kind", "by version") else "right")
+    table.add_column("kind", no_wrap=True)  # the one column never cut, at any width
+    for name in ("total", "done", "pending", "failed", "quarantined", "done %"):
+        table.add_column(name, justify="right")
+    table.add_column("by version")
     for k in coverage.kinds:
         share = f"{100 * k.done / k.total:.1f}" if k.total else "-"
         values = (k.total, k.done, k.pending, k.failed, k.quarantined)

@@ -284,7 +284,7 @@ class DeployApi:
         return paths
 
     def hashes(self) -> dict[str, str | None]:
-        return dict(self.query("SELECT uri, hash FROM media"))
+        return dict(self.query("SELECT uri, sha256 FROM media"))
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,7 @@ def test_two_shards_together_cover_every_record_once(
     db = live_api.database_url.removeprefix("sqlite:///")
     with sqlite3.connect(db) as conn:
         ids = [row[0] for row in conn.execute("SELECT id FROM media ORDER BY id")]
-        hashes = dict(conn.execute("SELECT uri, hash FROM media").fetchall())
+        hashes = dict(conn.execute("SELECT uri, sha256 FROM media").fetchall())
         audit = conn.execute(
             "SELECT flow_run_id, sum(applied), sum(unchanged) FROM audit "
             "WHERE kind = 'file-hashing' GROUP BY flow_run_id"
