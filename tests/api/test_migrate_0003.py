@@ -18,7 +18,7 @@ from api.migrate import alembic_config, upgrade
 from api.models import uri_key
 from api.schemas import BackfillKind, HashAlgorithm, PendingFilter
 from api.services.work import coverage, scan_coverage
-from tests.conftest import _postgres_database
+from tests.conftest import postgres_database
 from tests.services.utils import pending_ids
 
 SHA = "ab" * 32
@@ -29,7 +29,7 @@ MD5 = "cd" * 16
 def url(tmp_path: Path) -> Iterator[str]:
     server = os.environ.get("BACKFILL_TEST_DATABASE_URL")
     if server:
-        databases = _postgres_database(server)
+        databases = postgres_database(server)
         yield next(databases)
         databases.close()
     else:
