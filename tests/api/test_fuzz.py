@@ -119,6 +119,14 @@ def fuzz_schema() -> OpenApiSchema:
 
 schema = schemathesis.pytest.from_fixture("fuzz_schema")
 
+
+@pytest.fixture(autouse=True)
+def legacy_nodeid(request: pytest.FixtureRequest) -> None:
+    """schemathesis' lazy loader reads and rewrites `item._nodeid` (to name the operation in
+    its reports); pytest >= 9.2 keeps a structured id instead and has no such attribute."""
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
 #: Fields and path parameters that name a record, a project or a media id.
 ID_NAMES = frozenset(
     {
