@@ -127,6 +127,7 @@ def legacy_nodeid(request: pytest.FixtureRequest) -> None:
     if not hasattr(request.node, "_nodeid"):
         request.node._nodeid = request.node.nodeid
 
+
 #: Fields and path parameters that name a record, a project or a media id.
 ID_NAMES = frozenset(
     {
