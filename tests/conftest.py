@@ -109,10 +109,31 @@ def stop_group(
 #: Prefect's in-process test harness (`prefect_api_url`) is cheap enough to start once per worker.
 ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 
-#: Fixtures that make a test `slow` (left out of the edit loop, `-m "not slow"`): a Prefect
-#: server (the test harness or `prefect server start`), a worker, the race servers. Tests slow
-#: for another reason (an outage waited out, a load minute) carry the mark themselves.
-SLOW_FIXTURES = ("prefect_api_url", "prefect_server", "worker", "race_api")
+#: Fixtures that make a test `slow` (left out of the edit loop, `-m "not slow"`), used directly or
+#: through another fixture: each starts a real server or process - a uvicorn API (`live_api`,
+#: `api_server`, `deploy_api`), a Prefect server (the test harness or `prefect server start`), a
+#: worker, PostgreSQL, the race servers. A test marked `e2e` is slow too. Tests slow for another
+#: reason (fuzzing, an outage waited out, a load minute, librosa) carry the mark themselves.
+SLOW_FIXTURES = frozenset(
+    {
+        "live_api",
+        "api_server",
+        "deploy_api",
+        "prefect_api_url",
+        "prefect_server",
+        "worker",
+        "pg_server",
+        "race_api",
+    }
+)
+
+
+def is_slow(item: pytest.Item) -> bool:
+    """Whether the edit loop leaves `item` out: marked `slow` or `e2e`, or it uses (directly or
+    through another fixture) one of `SLOW_FIXTURES`."""
+    if item.get_closest_marker("slow") or item.get_closest_marker("e2e"):
+        return True
+    return not SLOW_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 def one_worker_group(item: pytest.Item) -> str | None:
@@ -158,8 +179,7 @@ def pytest_collection_modifyitems(
 ) -> Iterator[None]:
     # Before every other implementation (xdist's reads the groups): mark the tests.
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        if any(fixture in names for fixture in SLOW_FIXTURES):
+        if is_slow(item) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
         if group := one_worker_group(item):
             item.add_marker(pytest.mark.xdist_group(group))

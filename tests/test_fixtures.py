@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import ROOT, STARTED, LiveApi, server_timeout, session_members
 
 
+@pytest.mark.slow  # a real uvicorn process, up to its 3 s deadline
 def test_an_api_that_never_becomes_healthy_is_still_killed(tmp_path: Path) -> None:
     # uvicorn starts, but /health could only answer 503: its database is unreachable.
     unreachable = "postgresql+psycopg://nobody:secret@127.0.0.1:9/none?connect_timeout=1"
@@ -28,6 +29,7 @@ def test_an_api_that_never_becomes_healthy_is_still_killed(tmp_path: Path) -> No
         httpx.get(f"{api.url}/api/v1/health", timeout=2)
 
 
+@pytest.mark.slow  # a real uvicorn process
 def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
     api = LiveApi("nonsense://", admin_token="-", reader_token="-", log_path=tmp_path / "api.log")
     with pytest.raises(RuntimeError, match="API exited with"):

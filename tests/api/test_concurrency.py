@@ -16,6 +16,9 @@ from api.core.config import Settings
 from api.main import create_app
 from tests.conftest import Tokens, free_port
 
+#: A real uvicorn (in a thread) and hundreds of concurrent writes: ~15 s on 2 cores.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(clean_db: Tokens, app_settings: Settings) -> Iterator[str]:

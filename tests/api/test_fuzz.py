@@ -94,10 +94,13 @@ def fuzz_app(database_url: str) -> Iterator[FastAPI]:
     _reset(database_url)
 
 
-def _load_schema() -> OpenApiSchema:
-    """The OpenAPI document the app serves. It does not depend on the database, so it is
-    read from an app over an unused in-memory URL at import time (schemathesis' lazy
-    `from_fixture` loader does not work with pytest 9); requests go to `fuzz_app`."""
+@pytest.fixture(scope="module")
+def fuzz_schema() -> OpenApiSchema:
+    """The OpenAPI document the app serves, with the id-folding hooks. It does not depend on
+    the database, so it is read from an app over an unused in-memory URL; requests go to
+    `fuzz_app`. A fixture (schemathesis' lazy loader, below), not a module global: building
+    the schema and its coverage-phase cases at import cost every pytest process ~10 s of
+    collection, even a run that deselects this test."""
     from api.core.config import Settings
     from api.main import create_app
 
@@ -108,10 +111,22 @@ def _load_schema() -> OpenApiSchema:
         }
     )
     app = create_app(Settings(DATABASE_URL="sqlite://"))
-    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+    schema.hook(map_body)
+    schema.hook(map_path_parameters)
+    return schema
 
 
-schema = _load_schema()
+schema = schemathesis.pytest.from_fixture("fuzz_schema")
+
+
+@pytest.fixture(autouse=True)
+def legacy_nodeid(request: pytest.FixtureRequest) -> None:
+    """schemathesis' lazy loader reads and rewrites `item._nodeid` (to name the operation in
+    its reports); pytest >= 9.2 keeps a structured id instead and has no such attribute."""
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
 
 #: Fields and path parameters that name a record, a project or a media id.
 ID_NAMES = frozenset(
@@ -142,12 +157,10 @@ def _fold(value: Any, key: str | None = None) -> Any:
     return value
 
 
-@schema.hook
 def map_body(context: Any, body: Any) -> Any:
     return _fold(body)
 
 
-@schema.hook
 def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) -> Any:
     return _fold(path_parameters)
 
@@ -181,6 +194,7 @@ def schema_valid_requests_accepted(ctx: Any, response: Any, case: schemathesis.C
     assert not undocumented, f"schema-valid request refused: {undocumented}"
 
 
+@pytest.mark.slow  # ~60 s of CPU: 27 operations, each its coverage cases and MAX_EXAMPLES more
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,

@@ -15,6 +15,9 @@ from flows.compute.probe import probe
 from tests.compute import media_corpus
 from tests.compute.media_corpus import Item
 
+#: All on one xdist worker (`--dist loadgroup`): the ffmpeg-encoded corpus is built once, not in each.
+pytestmark = pytest.mark.xdist_group("media-corpus")
+
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Item]:

@@ -84,6 +84,7 @@ def test_spec_runs_on_warmed_worker_processes() -> None:
     assert pickle.loads(pickle.dumps(SNR_FREQUENCY)) == SNR_FREQUENCY
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_a_worker_unpickles_the_spec_without_importing_prefect() -> None:
     payload = pickle.dumps((run_item, SNR_FREQUENCY))
     code = (
