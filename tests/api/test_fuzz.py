@@ -94,13 +94,10 @@ def fuzz_app(database_url: str) -> Iterator[FastAPI]:
     _reset(database_url)
 
 
-@pytest.fixture(scope="module")
-def fuzz_schema() -> OpenApiSchema:
-    """The OpenAPI document the app serves, with the id-folding hooks. It does not depend on
-    the database, so it is read from an app over an unused in-memory URL; requests go to
-    `fuzz_app`. A fixture (schemathesis' lazy loader, below), not a module global: building
-    the schema and its coverage-phase cases at import cost every pytest process ~10 s of
-    collection, even a run that deselects this test."""
+def _load_schema() -> OpenApiSchema:
+    """The OpenAPI document the app serves. It does not depend on the database, so it is
+    read from an app over an unused in-memory URL at import time (schemathesis' lazy
+    `from_fixture` loader does not work with pytest 9); requests go to `fuzz_app`."""
     from api.core.config import Settings
     from api.main import create_app
 
@@ -111,22 +108,10 @@ def fuzz_schema() -> OpenApiSchema:
         }
     )
     app = create_app(Settings(DATABASE_URL="sqlite://"))
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
-    schema.hook(map_body)
-    schema.hook(map_path_parameters)
-    return schema
+    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
 
 
-schema = schemathesis.pytest.from_fixture("fuzz_schema")
-
-
-@pytest.fixture(autouse=True)
-def legacy_nodeid(request: pytest.FixtureRequest) -> None:
-    """schemathesis' lazy loader reads and rewrites `item._nodeid` (to name the operation in
-    its reports); pytest >= 9.2 keeps a structured id instead and has no such attribute."""
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
-
+schema = _load_schema()
 
 #: Fields and path parameters that name a record, a project or a media id.
 ID_NAMES = frozenset(
@@ -157,10 +142,12 @@ def _fold(value: Any, key: str | None = None) -> Any:
     return value
 
 
+@schema.hook
 def map_body(context: Any, body: Any) -> Any:
     return _fold(body)
 
 
+@schema.hook
 def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) -> Any:
     return _fold(path_parameters)
 
