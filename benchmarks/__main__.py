@@ -395,13 +395,13 @@ class Suite:
                 baseline=f["records_per_s_1w"] if workers == 2 else None,
                 baseline_unit="rec/s",
                 ratio=f["speedup"] if workers == 2 else None,
-                notes=f"{n:,} tiny WAVs, media-duration from process start to exit "
+                notes=f"{n:,} tiny WAVs, `prefect deployment run media-duration/adhoc "
+                f"--param shards={workers} --watch` over {workers} pool worker(s), to exit "
                 f"({f[f'seconds_{workers}w']:.1f} s), after an import at "
                 f"{f[f'import_records_per_s_{workers}w']:,.0f} rec/s"
                 + (
-                    "; 2 workers = two `backfill run` shard processes (--shard-index/"
-                    "--shard-count, the split of shards=2); baseline = 1 worker, ratio = "
-                    "speed-up"
+                    "; the parent fans out into two shard runs that either worker takes; "
+                    "baseline = 1 worker, ratio = speed-up"
                     if workers == 2
                     else ""
                 ),

@@ -1,21 +1,23 @@
-"""End to end over many tiny files: `backfill media import` then `backfill run media-duration`,
-with one worker and with two (records/s and the speed-up).
+"""End to end over many tiny files: `backfill media import`, then one media-duration run
+through a work pool, with one pool worker and with two fanned out (records/s, speed-up).
 
     uv run python -m benchmarks.e2e                       # 100,000 files
     uv run python -m benchmarks.e2e --files 20000         # a smaller corpus
 
-Writes `--files` tiny WAVs (8 kHz mono, about 0.25 s each; kept in `--dir` for the next run),
-then for each worker count: a fresh API (uvicorn, a temp SQLite file), the records imported
-through the API (`ops.importer`, NDJSON lines), and the backfill timed from process start to
-the last batch posted:
+Writes `--files` tiny WAVs (8 kHz mono, about 0.25 s each; kept in `--dir` for the next run)
+and, as an operator would, creates the `backfills` process pool and deploys
+`media-duration/adhoc` from `prefect.yaml` on a Prefect server started for the benchmark. Then
+for each worker count, a fresh API (uvicorn, a temp SQLite file), the records imported
+through the API (`ops.importer`, NDJSON lines), N `prefect worker start --pool backfills`
+processes online, and timed from the command to its exit:
 
-  1 worker    one `backfill run media-duration` process
-  2 workers   two at once, `--shard-index 0|1 --shard-count 2`: the same split a fanned-out
-              run (`shards=2`) gives its two children, started by hand instead of through a
-              work pool (no deployment, no pool worker: the pool's own start-up is left out)
+  1 worker    prefect deployment run media-duration/adhoc --param shards=1 --watch
+  2 workers   prefect deployment run media-duration/adhoc --param shards=2 --watch
+              (the parent fans out into two shard runs that either worker takes)
 
-Every record must end with the exact duration (frames / rate). Both runs use one Prefect
-server started for the benchmark.
+so the figure includes what production pays: the worker picking the run up, the flow-run
+process start, and for the fan-out the children's scheduling. Every record must end with the
+exact duration (frames / rate).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import httpx
 
 from benchmarks.duration import make_wavs
 from benchmarks.hashing import ROOT, LocalApi, flow_env, local_api, prefect_server
@@ -51,28 +55,83 @@ def import_files(api: LocalApi, media_root: Path, durations: dict[Path, float]) 
     return len(durations) / (time.perf_counter() - started)
 
 
-def backfill(
-    api: LocalApi, media_root: Path, workdir: Path, prefect_url: str, workers: int
-) -> float:
-    """Seconds for `workers` concurrent `backfill run media-duration` shard processes."""
-    env = flow_env(workdir, prefect_url, api, media_root, COLUMNS="120")
-    command = [sys.executable, "-m", "ops.cli", "run", "media-duration", "--batch-size", "1000"]
-    if workers > 1:
-        shard = ["--shard-count", str(workers), "--shard-index"]
-        commands = [[*command, *shard, str(i)] for i in range(workers)]
-    else:
-        commands = [command]
+#: The deployment every run goes through (from prefect.yaml; its queue has no schedule).
+DEPLOYMENT = "media-duration/adhoc"
+
+
+def prefect(env: dict[str, str], *args: str, timeout: float = 600) -> str:
+    """`python -m prefect ARGS` from the project folder; its output, or an error with it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"prefect {' '.join(args)} exited {done.returncode}:\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return done.stdout
+
+
+def deploy(env: dict[str, str]) -> None:
+    """The operator's set-up: the process pool, then the deployment from prefect.yaml."""
+    prefect(env, "work-pool", "create", "backfills", "--type", "process", "--overwrite")
+    prefect(env, "deploy", "--name", DEPLOYMENT)
+
+
+def online_workers(prefect_url: str) -> set[str]:
+    response = httpx.post(f"{prefect_url}/work_pools/backfills/workers/filter", json={})
+    response.raise_for_status()
+    return {w["name"] for w in response.json() if w["status"] == "ONLINE"}
+
+
+@contextmanager
+def pool_workers(
+    env: dict[str, str], prefect_url: str, count: int, logdir: Path, timeout: float = 300
+) -> Iterator[None]:
+    """`count` pool workers, online (on `timeout`); each stopped afterwards."""
+    names = [f"bench-{count}-{i}" for i in range(count)]
+    procs = []
+    try:
+        for name in names:
+            log = (logdir / f"{name}.log").open("ab")
+            command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "backfills"]
+            procs.append(
+                subprocess.Popen(
+                    [*command, "--name", name],
+                    cwd=ROOT,
+                    env=env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        deadline = time.monotonic() + timeout
+        while not set(names) <= online_workers(prefect_url):
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"pool workers {names} did not come online; see {logdir}")
+            time.sleep(0.5)
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def backfill(env: dict[str, str], shards: int) -> float:
+    """Seconds of `prefect deployment run media-duration/adhoc --param shards=N --watch`."""
+    params = ["--param", f"shards={shards}", "--param", "batch_size=1000"]
     started = time.perf_counter()
-    procs = [
-        subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for c in commands
-    ]
-    outputs = [p.communicate(timeout=3600) for p in procs]
-    seconds = time.perf_counter() - started
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        if proc.returncode != 0:
-            raise RuntimeError(f"backfill run failed:\n{out.decode()}\n{err.decode()[-3000:]}")
-    return seconds
+    prefect(env, "deployment", "run", DEPLOYMENT, *params, "--watch", timeout=3600)
+    return time.perf_counter() - started
 
 
 def measure(
@@ -89,10 +148,16 @@ def measure(
     with ExitStack() as stack:
         if prefect_url is None:
             prefect_url = stack.enter_context(prefect_server(workdir))
+        deployed = False
         for workers in (1, 2):
             with local_api(workdir) as api:
+                env = flow_env(workdir, prefect_url, api, media_root, COLUMNS="120")
+                if not deployed:
+                    deploy(env)
+                    deployed = True
                 rate = import_files(api, media_root, everything)
-                seconds = backfill(api, media_root, workdir, prefect_url, workers)
+                with pool_workers(env, prefect_url, workers, workdir):
+                    seconds = backfill(env, shards=workers)
                 found = api.durations()
             assert found == expected, "a record without its exact duration"
             figures[f"import_records_per_s_{workers}w"] = rate
