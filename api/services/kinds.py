@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, and_, literal_column, or_, true
 
-from api.models import Media, Project, utcnow
+from api.models import FAILURES, MEDIA, PROJECTS, utcnow
 from api.schemas import (
     BackfillKind,
     BatchResult,
@@ -28,11 +28,8 @@ from api.schemas import (
     Version0Result,
 )
 from api.services.batches import apply_durations, apply_hashes, apply_snr_frequency, apply_version0
-from api.services.ledger import FAILURES, Refuse, unknown_media
+from api.services.ledger import Refuse, unknown_media
 from api.services.projects import apply_clip_compile, fail_projects
-
-MEDIA = Media.__table__  # type: ignore[attr-defined]
-PROJECTS = Project.__table__  # type: ignore[attr-defined]
 
 #: Rows to do, given the hash algorithm wanted (file-hashing) and the compile lease (seconds).
 Todo = Callable[[HashAlgorithm, float], ColumnElement[bool]]

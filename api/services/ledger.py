@@ -10,12 +10,9 @@ from sqlalchemy import delete, select
 from sqlmodel import Session
 
 from api.core.db import upsert
-from api.models import BackfillFailure, Media, utcnow
+from api.models import FAILURES, MEDIA, utcnow
 from api.schemas import BackfillKind, BatchRequest, BatchResult, FailureItem
 from api.services.outcome import Outcome, dedupe
-
-MEDIA = Media.__table__  # type: ignore[attr-defined]
-FAILURES = BackfillFailure.__table__  # type: ignore[attr-defined]
 
 
 class Refuse(Protocol):
