@@ -105,7 +105,6 @@ VERSION_0 = Backfill(
     result_model=Version0Result,
     compute=compute_migration,
     compute_version=COMPUTE_VERSION,
-    executor="thread",
     open_file=legacy_media,
     compare=SameFields(
         ("uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version")
