@@ -26,12 +26,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.duration import make_wavs
-from benchmarks.hashing import ROOT, LocalApi, flow_env, local_api, prefect_server
+from benchmarks.hashing import ROOT, Bench, LocalApi, flow_env, local_api
 from flows.client import BackfillClient
 from ops.importer import import_media
 
@@ -75,20 +74,14 @@ def backfill(
     return seconds
 
 
-def measure(
-    workdir: Path,
-    files: int = 100_000,
-    prefect_url: str | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, float]:
+def measure(bench: Bench, files: int = 100_000) -> dict[str, float]:
+    workdir, log = bench.workdir, bench.log
     media_root = workdir / "media"
     log(f"writing {files:,} tiny WAVs (kept for the next run) ...")
     everything = make_wavs(media_root / "wav", files)
     expected = {p.relative_to(media_root).as_posix(): d for p, d in everything.items()}
     figures: dict[str, float] = {"files": float(files)}
-    with ExitStack() as stack:
-        if prefect_url is None:
-            prefect_url = stack.enter_context(prefect_server(workdir))
+    with bench.prefect() as prefect_url:
         for workers in (1, 2):
             with local_api(workdir) as api:
                 rate = import_files(api, media_root, everything)
@@ -114,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     args.dir.mkdir(parents=True, exist_ok=True)
-    figures = measure(args.dir, args.files)
+    figures = measure(Bench(args.dir), args.files)
     if args.json:
         print(json.dumps(figures))
     else:
