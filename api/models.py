@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -340,3 +341,19 @@ class RunEvent(SQLModel, table=True):
     event: str = Field(max_length=32)
     reason: str | None = Field(default=None, sa_column=Column(Text))
     at: datetime = _ts()
+
+
+def _table(model: type[SQLModel]) -> Table:
+    """A model's Core table, for the services' column-level queries."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+MEDIA = _table(Media)
+COUNTS = _table(MediaCounts)
+FAILURES = _table(BackfillFailure)
+TIERS = _table(Tier)
+OWNERS = _table(Owner)
+PROJECTS = _table(Project)
+ITEMS = _table(PlanItem)
+RUNS = _table(Run)

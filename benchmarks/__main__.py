@@ -45,6 +45,7 @@ from benchmarks import (
     scale,
 )
 from benchmarks import snr_frequency as snr
+from benchmarks.hashing import Bench
 from benchmarks.pg import Unavailable, postgres
 from benchmarks.report import Row, fmt, load_average, machine, met, print_report, write_json
 
@@ -146,6 +147,11 @@ class Suite:
             self._prefect = self.stack.enter_context(hashing.prefect_server(self.workdir))
         return self._prefect
 
+    @property
+    def bench(self) -> Bench:
+        """Where a row's benchmark runs: the suite's work dir, Prefect server and log."""
+        return Bench(self.workdir, self.prefect_url, self.log)
+
     def postgres(self) -> tuple[str, str]:
         """(URL, where from), started once; raises `Unavailable` every time if it cannot."""
         if self._pg is None:
@@ -227,14 +233,7 @@ class Suite:
 
     def b(self) -> Iterator[Row]:
         s = self.sizes
-        f = hashing.measure(
-            self.workdir,
-            s.hash_small_gib,
-            s.hash_large_gib,
-            s.hash_repeat,
-            self.prefect_url,
-            self.log,
-        )
+        f = hashing.measure(self.bench, s.hash_small_gib, s.hash_large_gib, s.hash_repeat)
         flow, how = marginal_or_in_run(f["flow_mib_per_s"], f["flow_in_run_mib_per_s"])
         openssl = f["openssl_mib_per_s"] if how == "marginal" else f["large_mib"] / f["openssl_s"]
         ratio = flow / openssl
@@ -256,9 +255,7 @@ class Suite:
 
     def d(self) -> Iterator[Row]:
         s = self.sizes
-        f = duration.measure(
-            self.workdir, s.duration_files, s.duration_repeat, self.prefect_url, self.log
-        )
+        f = duration.measure(self.bench, s.duration_files, s.duration_repeat)
         in_run = f["in_run_records_per_s"]
         figure, how = marginal_or_in_run(f["marginal_records_per_s"], in_run)
         n = s.duration_files
@@ -277,15 +274,7 @@ class Suite:
 
     def e(self) -> Iterator[Row]:
         s = self.sizes
-        f = snr.measure(
-            self.workdir,
-            s.snr_files,
-            s.snr_seconds,
-            repeat=s.snr_repeat,
-            prefect_url=self.prefect_url,
-            log=self.log,
-            cold_run=False,
-        )
+        f = snr.measure(self.bench, s.snr_files, s.snr_seconds, repeat=s.snr_repeat, cold_run=False)
         sizes = f"{s.snr_files} -> {3 * s.snr_files} WAVs of {s.snr_seconds:g} s"
         rates = {
             w: marginal_or_in_run(f[f"marginal_files_per_s_{w}w"], f[f"in_run_files_per_s_{w}w"])
@@ -311,9 +300,7 @@ class Suite:
 
     def f(self) -> Iterator[Row]:
         s = self.sizes
-        f = overhead.measure(
-            self.workdir, s.overhead_records, s.overhead_repeat, self.prefect_url, self.log
-        )
+        f = overhead.measure(self.bench, s.overhead_records, s.overhead_repeat)
         yield Row(
             "f",
             NAMES["f"],
@@ -332,7 +319,7 @@ class Suite:
 
     def g(self) -> Iterator[Row]:
         s = self.sizes
-        f = cold_start.measure(self.workdir, s.cold_files, self.prefect_url, self.log)
+        f = cold_start.measure(self.bench, s.cold_files)
         yield Row(
             "g",
             NAMES["g"],
@@ -384,7 +371,7 @@ class Suite:
 
     def i(self) -> Iterator[Row]:
         n = self.sizes.e2e_files
-        f = e2e.measure(self.workdir, n, self.prefect_url, self.log)
+        f = e2e.measure(self.bench, n)
         for workers in (1, 2):
             rate = f[f"records_per_s_{workers}w"]
             yield Row(

@@ -30,12 +30,11 @@ from sqlalchemy import bindparam, insert, text
 from api.cli import uvicorn_command
 from api.core.db import make_engine
 from api.migrate import upgrade
-from api.models import Media, uri_key, utcnow
+from api.models import MEDIA, uri_key, utcnow
 from api.services.tokens import create_token
 from benchmarks.hashing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 
 def seed(url: str, n: int) -> list[int]:

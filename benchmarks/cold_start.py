@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 from benchmarks.duration import make_wavs
-from benchmarks.hashing import local_api, prefect_server, run_cli
+from benchmarks.hashing import Bench, local_api, run_cli
 
 
 def first_write(database_url: str) -> datetime:
@@ -47,18 +46,12 @@ def first_write(database_url: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def measure(
-    workdir: Path,
-    files: int = 1000,
-    prefect_url: str | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, float]:
+def measure(bench: Bench, files: int = 1000) -> dict[str, float]:
     """Seconds from process start to the first record written, and of the whole run."""
+    workdir, log = bench.workdir, bench.log
     media_root = workdir / "media"
     paths = sorted(make_wavs(media_root / "wav", files))
-    with ExitStack() as stack:
-        if prefect_url is None:
-            prefect_url = stack.enter_context(prefect_server(workdir))
+    with bench.prefect() as prefect_url:
         with local_api(workdir) as api:  # warm-up
             api.register(media_root, paths[:1], "audio")
             run_cli(api, media_root, workdir, prefect_url, "media-duration")
@@ -79,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--files", type=int, default=1000)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    measure(args.dir, args.files)
+    measure(Bench(args.dir), args.files)
     print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
 
 

@@ -30,12 +30,11 @@ import os
 import shutil
 import subprocess
 import wave
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Sequence
 from math import nan
 from pathlib import Path
 
-from benchmarks.hashing import local_api, prefect_server, run_cli, table_value
+from benchmarks.hashing import Bench, local_api, run_cli, table_value
 
 RATE = 8000
 
@@ -116,22 +115,16 @@ def time_run(
 
 
 def measure(
-    workdir: Path,
-    files: int = 2000,
-    repeat: int = 2,
-    prefect_url: str | None = None,
-    log: Callable[[str], None] = print,
-    compressed_files: int = 1000,
+    bench: Bench, files: int = 2000, repeat: int = 2, compressed_files: int = 1000
 ) -> dict[str, float]:
     """records/s of `backfill run media-duration` over `files` and 3x as many WAVs: marginal,
-    in-run and with start-up. Starts its own Prefect server unless given `prefect_url`."""
+    in-run and with start-up. Starts its own Prefect server unless `bench` names one."""
+    workdir, log = bench.workdir, bench.log
     media_root = workdir / "media"
     everything = make_wavs(media_root / "wav", 3 * files)
     paths = sorted(everything)
     walls, in_runs = [], []
-    with ExitStack() as stack:
-        if prefect_url is None:
-            prefect_url = stack.enter_context(prefect_server(workdir))
+    with bench.prefect() as prefect_url:
         time_run({paths[0]: everything[paths[0]]}, media_root, workdir, prefect_url)  # warm-up
         for count in (files, 3 * files):
             subset = {p: everything[p] for p in paths[:count]}
@@ -171,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    f = measure(args.dir, args.files, args.repeat, compressed_files=args.compressed)
+    f = measure(Bench(args.dir), args.files, args.repeat, compressed_files=args.compressed)
     marginal = f["marginal_records_per_s"]
     print(f"marginal records/s ({args.files} -> {3 * args.files} files): {marginal:7.0f}")
     print(f"fixed start-up cost: {f['fixed_s']:.2f} s")

@@ -28,14 +28,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from benchmarks.duration import make_wavs
-from benchmarks.hashing import ROOT, LocalApi, flow_env, local_api, prefect_server
+from benchmarks.hashing import ROOT, Bench, LocalApi, prefect_env, flow_env, local_api
 from flows.client import BackfillClient
 from ops.importer import import_media
 
@@ -134,27 +134,18 @@ def backfill(env: dict[str, str], shards: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(
-    workdir: Path,
-    files: int = 100_000,
-    prefect_url: str | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, float]:
+def measure(bench: Bench, files: int = 100_000) -> dict[str, float]:
+    workdir, log = bench.workdir, bench.log
     media_root = workdir / "media"
     log(f"writing {files:,} tiny WAVs (kept for the next run) ...")
     everything = make_wavs(media_root / "wav", files)
     expected = {p.relative_to(media_root).as_posix(): d for p, d in everything.items()}
     figures: dict[str, float] = {"files": float(files)}
-    with ExitStack() as stack:
-        if prefect_url is None:
-            prefect_url = stack.enter_context(prefect_server(workdir))
-        deployed = False
+    with bench.prefect() as prefect_url:
+        deploy(prefect_env(workdir) | {"PREFECT_API_URL": prefect_url})
         for workers in (1, 2):
             with local_api(workdir) as api:
                 env = flow_env(workdir, prefect_url, api, media_root, COLUMNS="120")
-                if not deployed:
-                    deploy(env)
-                    deployed = True
                 rate = import_files(api, media_root, everything)
                 with pool_workers(env, prefect_url, workers, workdir):
                     seconds = backfill(env, shards=workers)
@@ -179,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     args.dir.mkdir(parents=True, exist_ok=True)
-    figures = measure(args.dir, args.files)
+    figures = measure(Bench(args.dir), args.files)
     if args.json:
         print(json.dumps(figures))
     else:

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from math import nan
 from pathlib import Path
@@ -138,7 +138,7 @@ def local_api(workdir: Path) -> Iterator[LocalApi]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _prefect_env(workdir: Path) -> dict[str, str]:
+def prefect_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKFILL_", "PREFECT_"))}
     return env | {
         "PREFECT_HOME": str(workdir / "prefect-home"),
@@ -154,7 +154,7 @@ def prefect_server(workdir: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
         + ["--port", str(port)],
-        env=_prefect_env(workdir),
+        env=prefect_env(workdir),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
@@ -172,12 +172,31 @@ def prefect_server(workdir: Path) -> Iterator[str]:
             proc.wait(10)
 
 
+@dataclass(frozen=True)
+class Bench:
+    """Where a benchmark runs: its work dir, a Prefect server's API URL (None: it starts its
+    own), and what it logs its progress with."""
+
+    workdir: Path
+    prefect_url: str | None = None
+    log: Callable[[str], None] = print
+
+    @contextmanager
+    def prefect(self) -> Iterator[str]:
+        """The Prefect server's API URL: the one given, or one started for the block."""
+        if self.prefect_url is not None:
+            yield self.prefect_url
+            return
+        with prefect_server(self.workdir) as url:
+            yield url
+
+
 def flow_env(
     workdir: Path, prefect_url: str, api: LocalApi, media_root: Path, **extra: str
 ) -> dict[str, str]:
     """The environment of a flow run (CLI or script) against `api` and the Prefect server."""
     return (
-        _prefect_env(workdir)
+        prefect_env(workdir)
         | {
             "PREFECT_API_URL": prefect_url,
             "BACKFILL_API_URL": api.url,
@@ -284,15 +303,11 @@ def flow_sha256(
 
 
 def measure(
-    workdir: Path,
-    small_gib: float = 2.0,
-    large_gib: float = 6.0,
-    repeat: int = 2,
-    prefect_url: str | None = None,
-    log: Callable[[str], None] = print,
+    bench: Bench, small_gib: float = 2.0, large_gib: float = 6.0, repeat: int = 2
 ) -> dict[str, float]:
     """Marginal MiB/s of openssl and of the flow over the same files, their ratio and fixed
-    costs. Starts its own Prefect server unless given `prefect_url`."""
+    costs. Starts its own Prefect server unless `bench` names one."""
+    workdir, log = bench.workdir, bench.log
     if shutil.which("openssl") is None:
         raise RuntimeError("openssl is not on PATH")
     media_root = workdir / "media"
@@ -301,9 +316,7 @@ def measure(
     paths = make_files(media_root / "blobs", counts[-1])
     warm(paths)
 
-    with ExitStack() as stack:
-        if prefect_url is None:
-            prefect_url = stack.enter_context(prefect_server(workdir))
+    with bench.prefect() as prefect_url:
         # One throwaway run first: Prefect registers the flow, imports get cached.
         flow_sha256(paths[:1], media_root, workdir, prefect_url, openssl_sha256(paths[:1])[1])
         openssl_s, flow_s, in_run_rates = [], [], []
@@ -356,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit("openssl is not on PATH")
 
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    f = measure(args.dir, args.small_gib, args.large_gib, args.repeat)
+    f = measure(Bench(args.dir), args.small_gib, args.large_gib, args.repeat)
     print()
     print(f"marginal throughput, openssl dgst -sha256 : {f['openssl_mib_per_s']:7.0f} MiB/s")
     print(f"marginal throughput, backfill run         : {f['flow_mib_per_s']:7.0f} MiB/s")

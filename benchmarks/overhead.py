@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from benchmarks.duration import make_wavs
-from benchmarks.hashing import flow_env, last_json, local_api, prefect_server, run_python
+from benchmarks.hashing import Bench, flow_env, last_json, local_api, run_python
 
 
 def _child(database_url: str, records: int, repeat: int) -> dict[str, Any]:
@@ -107,20 +107,14 @@ def _child(database_url: str, records: int, repeat: int) -> dict[str, Any]:
     return {"batch_size": batch, "loop_s": loops, "flow_s": flows}
 
 
-def measure(
-    workdir: Path,
-    records: int = 10_000,
-    repeat: int = 3,
-    prefect_url: str | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, float]:
+def measure(bench: Bench, records: int = 10_000, repeat: int = 3) -> dict[str, float]:
     """Seconds of the flow and of the plain loop over `records` records (best of `repeat`),
-    and the overhead in %. Starts its own Prefect server unless given `prefect_url`."""
+    and the overhead in %. Starts its own Prefect server unless `bench` names one."""
+    workdir, log = bench.workdir, bench.log
     media_root = workdir / "media"
     paths = sorted(make_wavs(media_root / "wav", records))
     with ExitStack() as stack:
-        if prefect_url is None:
-            prefect_url = stack.enter_context(prefect_server(workdir))
+        prefect_url = stack.enter_context(bench.prefect())
         api = stack.enter_context(local_api(workdir))
         api.register(media_root, paths, "audio")
         env = flow_env(
@@ -155,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.child:
         print(json.dumps(_child(args.child, args.records, args.repeat)))
         return
-    f = measure(args.dir, args.records, args.repeat)
+    f = measure(Bench(args.dir), args.records, args.repeat)
     print(
         f"{args.records:,} records, batch size {f['batch_size']:.0f}: "
         f"plain loop {f['loop_s']:.2f} s, flow {f['flow_s']:.2f} s, "

@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Sequence
 from math import nan
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.hashing import (
+    Bench,
     LocalApi,
     flow_env,
     last_json,
     local_api,
-    prefect_server,
     run_python,
 )
 from ops.corpus import write_tone
@@ -139,26 +138,23 @@ def cold_start(first: Path, second: Path, mode: str) -> dict[str, float]:
 
 
 def measure(
-    workdir: Path,
+    bench: Bench,
     files: int = 100,
     seconds: float = 5.0,
     batch: int = 100,
     repeat: int = 1,
-    prefect_url: str | None = None,
-    log: Callable[[str], None] = print,
     cold_run: bool = True,
 ) -> dict[str, float]:
     """files/s of the flow with 1 and 2 workers (marginal, N -> 3N files, and in-run), each
     worker count's fixed cost and the speed-up. Starts its own Prefect server unless given
     `prefect_url`; `cold_run` also times a run over one file after the first."""
+    workdir, log = bench.workdir, bench.log
     media_root = workdir / "media"
     log(f"writing/checking {3 * files} WAVs of {seconds:g} s under {media_root} ...")
     everything = make_tones(media_root / "tones", 3 * files, seconds)
     paths = sorted(everything)
     figures: dict[str, float] = {"files": float(files), "seconds_per_file": seconds}
-    with ExitStack() as stack:
-        if prefect_url is None:
-            prefect_url = stack.enter_context(prefect_server(workdir))
+    with bench.prefect() as prefect_url:
         one = {paths[0]: everything[paths[0]]}
         first, *_ = time_run(one, media_root, workdir, prefect_url, 2, batch)
         log(f"first run ever (1 file, Prefect registers the flow): {first:.2f} s")
@@ -202,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    figures = measure(args.dir, args.files, args.seconds, args.batch_size, args.repeat)
+    figures = measure(Bench(args.dir), args.files, args.seconds, args.batch_size, args.repeat)
     print(f"speed-up 2 workers / 1 worker: {figures['speedup']:.2f}x")
 
     paths = sorted(make_tones(args.dir / "media" / "tones", 3 * args.files, args.seconds))

@@ -40,6 +40,7 @@ from concurrent.futures import (
     ThreadPoolExecutor,
 )
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from itertools import repeat
 from multiprocessing import get_context
 from typing import Annotated, Any, Literal, TypeVar, cast
@@ -409,6 +410,7 @@ def progress_listener(listener: ProgressListener) -> Iterator[None]:
 # --- One chunk -----------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class ChunkRunner:
     """What every chunk of one run shares: the spec, parameters, client and compute pool.
 
@@ -417,25 +419,16 @@ class ChunkRunner:
     token, its media root), client and pool, once per process and run.
     """
 
+    spec: Backfill[Any, Any]
+    params: BackfillParams
+    settings: ClientSettings
+    client: BackfillClient
+    pool: Executor | None
     #: Budgets (flows.budgets), set by `run_backfill`: the run's pacer, shared by its chunks
     #: on this machine (a remote runner's chunks are paced as the run submits them), and the
     #: kind's Prefect concurrency limit held around each chunk's API writes.
     pacer: Pacer | None = None
     api_limit: str | None = None
-
-    def __init__(
-        self,
-        spec: Backfill[Any, Any],
-        params: BackfillParams,
-        settings: ClientSettings,
-        client: BackfillClient,
-        pool: Executor | None,
-    ) -> None:
-        self.spec = spec
-        self.params = params
-        self.settings = settings
-        self.client = client
-        self.pool = pool
 
     def __getstate__(self) -> dict[str, Any]:
         return {

@@ -47,7 +47,6 @@ FILE_HASHING = Backfill(
     result_model=HashResult,
     compute=compute_hash,
     compute_version=COMPUTE_VERSION,
-    executor="thread",
     compare=same_digest,
 )
 

@@ -25,7 +25,6 @@ MEDIA_DURATION = Backfill(
     result_model=DurationResult,
     compute=compute_duration,
     compute_version=COMPUTE_VERSION,
-    executor="thread",
     # A header read is ~90 us of mostly Python (GIL held): a second compute thread only
     # contended for the GIL (10,000 records: 1.66 s with two, 1.34 s with one), while the
     # chunk threads still overlap the POSTs with the reading.

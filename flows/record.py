@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from api.schemas import BackfillKind, RunEnd, RunEventIn, RunStart
@@ -68,24 +69,20 @@ def record_event(
 RUN_COUNTS = set(RunEnd.model_fields) - {"state", "reason"}
 
 
+@dataclass(eq=False)
 class RunRecord:
     """The record of one flow run: `start()` when it starts, `end(...)` when it ends."""
 
-    def __init__(
-        self,
-        client: BackfillClient,
-        kind: BackfillKind,
-        params: BackfillParams,
-        *,
-        compute_version: int | None,
-    ) -> None:
-        self.client = client
-        self.kind = kind
-        self.params = params
-        self.compute_version = compute_version
-        self.flow_run_id = _flow_run_id(client)
-        #: The run's report, set by the body of `recording` when it has one.
-        self.report: BackfillReport | None = None
+    client: BackfillClient
+    kind: BackfillKind
+    params: BackfillParams
+    compute_version: int | None = field(kw_only=True)
+    flow_run_id: str | None = field(init=False)
+    #: The run's report, set by the body of `recording` when it has one.
+    report: BackfillReport | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.flow_run_id = _flow_run_id(self.client)
 
     def start(self) -> None:
         if self.flow_run_id is None:  # not inside a flow run: nothing to key the record on

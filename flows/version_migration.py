@@ -37,10 +37,9 @@ from flows.media import local_media
 from flows.settings import ClientSettings
 from flows.spec import Backfill, BackfillParams, Job, SameFields
 
-#: The record fields a migration step reads (what `/backfills/version-0/pending` returns).
-RECORD_FIELDS = frozenset(
-    {"uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version"}
-)
+#: The record fields a migration step reads (what `/backfills/version-0/pending` returns) and
+#: writes, and verification compares.
+RECORD_FIELDS = ("uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version")
 
 
 def resolve_legacy_path(root: Path, uri: str) -> Path:
@@ -105,11 +104,8 @@ VERSION_0 = Backfill(
     result_model=Version0Result,
     compute=compute_migration,
     compute_version=COMPUTE_VERSION,
-    executor="thread",
     open_file=legacy_media,
-    compare=SameFields(
-        ("uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version")
-    ),
+    compare=SameFields(RECORD_FIELDS),
 )
 
 

@@ -6,14 +6,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.deps import Admin, Caller, ReadSessionDep, SessionDep, SettingsDep, errors, known_query
 from api.routes.paging import AfterId, Limit
-from api.schemas import (
-    PlanCreate,
-    PlanId,
-    PlanItemsPage,
-    PlanPublic,
-    PlanWorkPage,
-    PlanWorkQuery,
-)
+from api.schemas import PlanCreate, PlanId, PlanItemsPage, PlanPublic, PlanWorkPage, PlanWorkQuery
 from api.services import plans as svc
 
 router = APIRouter(prefix="/plans", tags=["plans"], responses=errors(401, 422, 503))

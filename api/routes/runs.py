@@ -6,15 +6,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.deps import Admin, Caller, ReadSessionDep, SessionDep, errors, known_query
 from api.routes.paging import Limit
-from api.schemas import (
-    BackfillKind,
-    FlowRunId,
-    RunEnd,
-    RunEventIn,
-    RunPage,
-    RunPublic,
-    RunStart,
-)
+from api.schemas import BackfillKind, FlowRunId, RunEnd, RunEventIn, RunPage, RunPublic, RunStart
 from api.services import runs as svc
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=errors(401, 422, 503))

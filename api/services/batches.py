@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from api.models import Audit, Media, uri_key, utcnow
+from api.models import MEDIA, Audit, uri_key, utcnow
 from api.schemas import (
     BackfillKind,
     BatchRequest,
@@ -36,8 +36,6 @@ from api.services.ledger import record_invalid, settle_failures
 from api.services.outcome import Outcome, dedupe
 
 ResultT = TypeVar("ResultT", bound=BatchResult)
-
-MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 
 def run_batch(

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, and_, literal_column, or_, true
 
-from api.models import Media, Project, utcnow
+from api.models import FAILURES, MEDIA, PROJECTS, utcnow
 from api.schemas import (
     BackfillKind,
     BatchResult,
@@ -28,11 +28,8 @@ from api.schemas import (
     Version0Result,
 )
 from api.services.batches import apply_durations, apply_hashes, apply_snr_frequency, apply_version0
-from api.services.ledger import FAILURES, Refuse, unknown_media
+from api.services.ledger import Refuse, unknown_media
 from api.services.projects import apply_clip_compile, fail_projects
-
-MEDIA = Media.__table__  # type: ignore[attr-defined]
-PROJECTS = Project.__table__  # type: ignore[attr-defined]
 
 #: Rows to do, given the hash algorithm wanted (file-hashing) and the compile lease (seconds).
 Todo = Callable[[HashAlgorithm, float], ColumnElement[bool]]
@@ -48,39 +45,6 @@ ALL_MODES = frozenset(ReprocessMode)
 
 #: What `/pending` sends of a media record besides its id and revision.
 MEDIA_DETAILS = ("uri", "media_type", "size_bytes", "sample_rate", "channels", "schema_version")
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    """How the server does one backfill kind."""
-
-    #: One record's result, as the flow sends it (a batch is `BatchRequest[item]`).
-    item: type[BaseModel]
-    #: Applies a batch in the caller's transaction: `apply(session=..., batch=...)`.
-    apply: Callable[..., BatchResult]
-    #: The rows the kind works on: `media`, or `projects` for clip-compile.
-    table: Any
-    #: Rows the kind is about at all: its coverage total.
-    scope: ColumnElement[bool]
-    #: Rows still to do: the pending filter.
-    todo: Todo
-    #: Rows done (coverage).
-    done: Predicate
-    #: Rows that failed and are not done (coverage; `/pending?mode=failed`).
-    failed: Predicate
-    #: Which failure reports it refuses, and what else a failure changes.
-    refuse: Refuse = unknown_media
-    #: Query filters of `/pending` that apply to this kind.
-    filters: frozenset[str] = field(default_factory=lambda: frozenset({"media_type"}))
-    #: Columns `/pending` sends besides id and revision.
-    details: tuple[str, ...] = MEDIA_DETAILS
-    #: Coverage from the `media_counts` counters instead of a scan: the counter of the rows in
-    #: scope and the counter of those to do (given the algorithm, for file-hashing).
-    counted: Callable[[HashAlgorithm], tuple[str, str]] | None = None
-    #: Where the compute version of a done value is stored.
-    version: VersionColumn | None = None
-    #: The reprocess modes `/pending` takes for this kind.
-    modes: frozenset[ReprocessMode] = BASIC_MODES
 
 
 # Literal values, not bind parameters, in every pending predicate: the planner matches a
@@ -105,32 +69,38 @@ def _ledger_failed(todo: ColumnElement[bool]) -> ColumnElement[bool]:
     return and_(FAILURES.c.id.is_not(None), todo)
 
 
-def _media_kind(
-    item: type[BaseModel],
-    apply: Callable[..., BatchResult],
-    todo: Todo,
-    *,
-    counted: Callable[[HashAlgorithm], tuple[str, str]],
-    version: VersionColumn,
-    scope: ColumnElement[bool] | None = None,
-    filters: frozenset[str] = frozenset({"media_type"}),
-    modes: frozenset[ReprocessMode] = ALL_MODES,
-) -> KindSpec:
-    """A kind that fills media records (current ones unless `scope` says otherwise): done
-    when no longer to do, failed when to do with a ledger row."""
-    return KindSpec(
-        item=item,
-        apply=apply,
-        table=MEDIA,
-        scope=_current() if scope is None else scope,
-        todo=todo,
-        done=_not_done,
-        failed=_ledger_failed,
-        filters=filters,
-        counted=counted,
-        version=version,
-        modes=modes,
-    )
+@dataclass(frozen=True)
+class KindSpec:
+    """How the server does one backfill kind; the defaults are those of a kind that fills
+    media records: current ones, done when no longer to do, failed when to do with a ledger row."""
+
+    #: One record's result, as the flow sends it (a batch is `BatchRequest[item]`).
+    item: type[BaseModel]
+    #: Applies a batch in the caller's transaction: `apply(session=..., batch=...)`.
+    apply: Callable[..., BatchResult]
+    #: Rows still to do: the pending filter.
+    todo: Todo
+    #: The rows the kind works on: `media`, or `projects` for clip-compile.
+    table: Any = MEDIA
+    #: Rows the kind is about at all: its coverage total.
+    scope: ColumnElement[bool] = field(default_factory=_current)
+    #: Rows done (coverage).
+    done: Predicate = _not_done
+    #: Rows that failed and are not done (coverage; `/pending?mode=failed`).
+    failed: Predicate = _ledger_failed
+    #: Which failure reports it refuses, and what else a failure changes.
+    refuse: Refuse = unknown_media
+    #: Query filters of `/pending` that apply to this kind.
+    filters: frozenset[str] = frozenset({"media_type"})
+    #: Columns `/pending` sends besides id and revision.
+    details: tuple[str, ...] = MEDIA_DETAILS
+    #: Coverage from the `media_counts` counters instead of a scan: the counter of the rows in
+    #: scope and the counter of those to do (given the algorithm, for file-hashing).
+    counted: Callable[[HashAlgorithm], tuple[str, str]] | None = None
+    #: Where the compute version of a done value is stored.
+    version: VersionColumn | None = None
+    #: The reprocess modes `/pending` takes for this kind.
+    modes: frozenset[ReprocessMode] = ALL_MODES
 
 
 def _compile_todo(_: HashAlgorithm, lease_seconds: float) -> ColumnElement[bool]:
@@ -147,14 +117,14 @@ def _project_is(status: ProjectStatus) -> Predicate:
 
 
 KINDS: dict[BackfillKind, KindSpec] = {
-    BackfillKind.MEDIA_DURATION: _media_kind(
+    BackfillKind.MEDIA_DURATION: KindSpec(
         DurationResult,
         apply_durations,
         lambda _alg, _lease: and_(_current(), MEDIA.c.duration.is_(None)),
         counted=lambda _alg: ("current_records", "duration_todo"),
         version=lambda _alg: MEDIA.c.duration_version,
     ),
-    BackfillKind.FILE_HASHING: _media_kind(
+    BackfillKind.FILE_HASHING: KindSpec(
         HashResult,
         apply_hashes,
         _hash_todo,
@@ -162,7 +132,7 @@ KINDS: dict[BackfillKind, KindSpec] = {
         version=lambda alg: MEDIA.c[f"{HashAlgorithm(alg).value}_version"],
         filters=frozenset({"media_type", "algorithm"}),
     ),
-    BackfillKind.SNR_FREQUENCY: _media_kind(
+    BackfillKind.SNR_FREQUENCY: KindSpec(
         SnrFrequencyResult,
         apply_snr_frequency,
         lambda _alg, _lease: and_(
@@ -172,7 +142,7 @@ KINDS: dict[BackfillKind, KindSpec] = {
         version=lambda _alg: MEDIA.c.snr_version,
     ),
     # Legacy records: every record is in scope, the schema_version 0 ones are to do.
-    BackfillKind.VERSION_0: _media_kind(
+    BackfillKind.VERSION_0: KindSpec(
         Version0Result,
         apply_version0,
         lambda _alg, _lease: MEDIA.c.schema_version == literal_column("0"),
@@ -194,6 +164,7 @@ KINDS: dict[BackfillKind, KindSpec] = {
         filters=frozenset(),
         details=(),
         version=lambda _alg: PROJECTS.c.compile_version,
+        modes=BASIC_MODES,
     ),
 }
 

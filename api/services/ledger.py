@@ -10,12 +10,9 @@ from sqlalchemy import delete, select
 from sqlmodel import Session
 
 from api.core.db import upsert
-from api.models import BackfillFailure, Media, utcnow
+from api.models import FAILURES, MEDIA, utcnow
 from api.schemas import BackfillKind, BatchRequest, BatchResult, FailureItem
 from api.services.outcome import Outcome, dedupe
-
-MEDIA = Media.__table__  # type: ignore[attr-defined]
-FAILURES = BackfillFailure.__table__  # type: ignore[attr-defined]
 
 
 class Refuse(Protocol):
@@ -45,14 +42,7 @@ def record_failures(
     """Add one attempt per item to the ledger, but for the items `refuse` refuses."""
     outcome = Outcome()
     kept = dedupe(batch.items, outcome)
-    add_attempts(
-        session=session,
-        kind=kind,
-        items=kept,
-        dry_run=batch.dry_run,
-        refuse=refuse,
-        outcome=outcome,
-    )
+    add_attempts(session, kind, kept, dry_run=batch.dry_run, refuse=refuse, outcome=outcome)
     return outcome.result(dry_run=batch.dry_run)
 
 
@@ -61,16 +51,14 @@ def record_invalid(
 ) -> None:
     """Ledger attempts for the values a batch refused for good (see `Outcome.reject_invalid`)."""
     if outcome.invalid:
-        add_attempts(
-            session=session, kind=kind, items=outcome.invalid, dry_run=False, refuse=refuse
-        )
+        add_attempts(session, kind, outcome.invalid, dry_run=False, refuse=refuse)
 
 
 def add_attempts(
-    *,
     session: Session,
     kind: BackfillKind,
     items: Sequence[FailureItem],
+    *,
     dry_run: bool,
     refuse: Refuse,
     outcome: Outcome | None = None,

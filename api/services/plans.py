@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, insert, literal, select
 from sqlmodel import Session
 
-from api.models import Plan, PlanItem
+from api.models import FAILURES, ITEMS, Plan
 from api.schemas import (
     BackfillKind,
     HashAlgorithm,
@@ -29,10 +29,8 @@ from api.schemas import (
 )
 from api.services.errors import DomainError, NotFound
 from api.services.kinds import KINDS
-from api.services.ledger import FAILURES
 from api.services.work import PendingRequest, check_filter, pending_query
 
-ITEMS = PlanItem.__table__  # type: ignore[attr-defined]
 FIRST_PAGE = PlanWorkQuery()
 #: How many of its first records `GET /plans/{id}` shows.
 FIRST_RECORDS = 20

@@ -9,7 +9,19 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from api.core.db import upsert
-from api.models import Clip, Media, Owner, Project, RenderUsage, Tier, uri_key, utcnow
+from api.models import (
+    MEDIA,
+    OWNERS,
+    TIERS,
+    Clip,
+    Media,
+    Owner,
+    Project,
+    RenderUsage,
+    Tier,
+    uri_key,
+    utcnow,
+)
 from api.schemas import (
     BackfillKind,
     BatchRequest,
@@ -30,10 +42,6 @@ from api.services.errors import Conflict, NotFound
 from api.services.idempotency import claim_key, remember_response, request_fingerprint
 from api.services.ledger import clear_failures, record_invalid
 from api.services.outcome import Outcome, dedupe
-
-TIERS = Tier.__table__  # type: ignore[attr-defined]
-OWNERS = Owner.__table__  # type: ignore[attr-defined]
-MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 #: The only moves `PUT /projects/{id}/status` allows; anything else is a 409.
 TRANSITIONS: dict[ProjectStatus, set[ProjectStatus]] = {

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from api.core.db import upsert
-from api.models import Run, RunEvent, utcnow
+from api.models import RUNS, Run, RunEvent, utcnow
 from api.schemas import (
     BackfillKind,
     RunEnd,
@@ -19,8 +19,6 @@ from api.schemas import (
     RunStart,
 )
 from api.services.errors import NotFound
-
-RUNS = Run.__table__  # type: ignore[attr-defined]
 
 
 def start_run(*, session: Session, run_in: RunStart, token_name: str) -> RunPublic:

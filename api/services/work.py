@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Session
 
-from api.models import Media, MediaCounts
+from api.models import COUNTS, FAILURES, MEDIA
 from api.schemas import (
     BackfillKind,
     Coverage,
@@ -33,10 +33,7 @@ from api.schemas import (
 )
 from api.services.errors import InvalidRequest
 from api.services.kinds import KINDS, KindSpec, kinds_with
-from api.services.ledger import FAILURES
 
-MEDIA = Media.__table__  # type: ignore[attr-defined]
-COUNTS = MediaCounts.__table__  # type: ignore[attr-defined]
 #: `/pending` without filters: today's missing records, every shard.
 DEFAULT_FILTER = PendingFilter()
 

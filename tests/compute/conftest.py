@@ -38,7 +38,6 @@ class Tone:
 
 
 def tone_samples(
-    *,
     sample_rate: int,
     frequency: float,
     frames: int,
@@ -83,14 +82,7 @@ def write_tone(tmp_path: Path) -> WriteTone:
     ) -> Tone:
         path = tmp_path / name
         frames = round(seconds * sample_rate)
-        signal = tone_samples(
-            sample_rate=sample_rate,
-            frequency=frequency,
-            frames=frames,
-            snr_db=snr_db,
-            channels=channels,
-            seed=seed,
-        )
+        signal = tone_samples(sample_rate, frequency, frames, snr_db, channels, seed)
         sf.write(path, signal, sample_rate, subtype=subtype, format=fmt)
         return Tone(path, sample_rate, frequency, snr_db, channels, frames)
 

@@ -54,6 +54,12 @@ def api_client(api: LiveApi) -> BackfillClient:
 
 
 @pytest.fixture
+def api(client_env: LiveApi) -> LiveApi:
+    """The live API, with the client's environment (BACKFILL_*) pointed at it."""
+    return client_env
+
+
+@pytest.fixture
 def videos(client_env: LiveApi, media_root: Path) -> dict[str, int]:
     """The source videos under the media root, registered; name -> media id."""
     for name, spec in SOURCES.items():
@@ -138,10 +144,9 @@ def lose_first_compile_response(monkeypatch: pytest.MonkeyPatch) -> Iterator[lis
 
 
 @pytest.fixture
-def failing(client_env: LiveApi, media_root: Path, videos: dict[str, int]) -> dict[str, int]:
+def failing(api: LiveApi, media_root: Path, videos: dict[str, int]) -> dict[str, int]:
     """Two projects that fail: one over its tier's quota, one with a clip whose file is gone;
     name -> project id."""
-    api = client_env
     put_tier(api, "tiny", max_clips=10, max_height=720, monthly_render_seconds=1)
     write_video(media_root / "videos/gone.mp4", seconds=1.0)
     gone = register(api, ["videos/gone.mp4"], media_root)["gone"]
@@ -157,9 +162,8 @@ def failing(client_env: LiveApi, media_root: Path, videos: dict[str, int]) -> di
 
 
 def test_clip_compile_renders_queued_projects(
-    client_env: LiveApi, media_root: Path, videos: dict[str, int]
+    api: LiveApi, media_root: Path, videos: dict[str, int]
 ) -> None:
-    api = client_env
     put_tier(api, "small", max_clips=2, max_height=32, monthly_render_seconds=60)
     a, b, c, swipe = videos["a"], videos["b"], videos["c"], videos["swipe"]
     fancy = create_project(
@@ -240,11 +244,8 @@ def test_clip_compile_verification_finds_an_output_file_changed_behind_its_recor
 
 
 def test_clip_compile_lost_answer_is_replayed_and_usage_counted_once(
-    client_env: LiveApi,
-    videos: dict[str, int],
-    lose_first_compile_response: list[str],
+    api: LiveApi, videos: dict[str, int], lose_first_compile_response: list[str]
 ) -> None:
-    api = client_env
     plain = create_project(
         api, "plain", "bob", [ClipIn(media_id=videos["c"], start=0.5, end=2.0)], fps=10
     )
@@ -315,9 +316,8 @@ def test_clip_compile_mode_failed_reprocesses_the_failures(
 
 
 def test_clip_compile_bad_projects_fail_with_reasons(
-    client_env: LiveApi, media_root: Path, videos: dict[str, int], tmp_path: Path
+    api: LiveApi, media_root: Path, videos: dict[str, int], tmp_path: Path
 ) -> None:
-    api = client_env
     write_video(tmp_path / "outside.mp4", seconds=1.0)
     (media_root / "videos/link.mp4").symlink_to(tmp_path / "outside.mp4")
     outside = register(api, [str(tmp_path / "outside.mp4")])["outside"]  # a legacy record
@@ -351,9 +351,8 @@ def test_clip_compile_bad_projects_fail_with_reasons(
 
 
 def test_clip_compile_dry_run_writes_nothing(
-    client_env: LiveApi, media_root: Path, videos: dict[str, int]
+    api: LiveApi, media_root: Path, videos: dict[str, int]
 ) -> None:
-    api = client_env
     ok = create_project(api, "ok", "erin", [ClipIn(media_id=videos["a"], start=0, end=1)])
     empty = create_project(api, "empty", "erin", [])
 
@@ -370,12 +369,8 @@ def test_clip_compile_dry_run_writes_nothing(
 
 
 def test_clip_compile_skips_a_project_claimed_by_another_run(
-    client_env: LiveApi,
-    media_root: Path,
-    videos: dict[str, int],
-    monkeypatch: pytest.MonkeyPatch,
+    api: LiveApi, media_root: Path, videos: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api = client_env
     mine = create_project(api, "mine", "fay", [ClipIn(media_id=videos["b"], start=0, end=0.5)])
     theirs = create_project(api, "theirs", "fay", [ClipIn(media_id=videos["a"], start=0, end=1)])
     original = BackfillClient.pending
@@ -402,12 +397,8 @@ def test_clip_compile_skips_a_project_claimed_by_another_run(
 
 
 def test_clip_compile_rerender_after_a_crash_reuses_the_output_name(
-    client_env: LiveApi,
-    media_root: Path,
-    videos: dict[str, int],
-    monkeypatch: pytest.MonkeyPatch,
+    api: LiveApi, media_root: Path, videos: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api = client_env
     pid = create_project(api, "crash", "gil", [ClipIn(media_id=videos["b"], start=0, end=1)])
     output_root = media_root / "compiled"
 

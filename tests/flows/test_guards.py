@@ -103,6 +103,14 @@ def register(api: LiveApi, root: Path, paths: list[Path]) -> list[int]:
     return [i.id for i in result.items if i.id is not None]
 
 
+def wav_records(api: LiveApi, root: Path, folder: str, frames: list[int]) -> list[int]:
+    """A WAV of each frame count (8 kHz) under `root/folder`, registered: their ids, in order."""
+    paths = [root / f"{folder}/{i:03d}.wav" for i in range(len(frames))]
+    for path, count in zip(paths, frames, strict=True):
+        write_wav(path, frames=count)
+    return register(api, root, paths)
+
+
 def corrupt(path: Path) -> None:
     """Broken bytes under a .wav name: a RIFF header and then junk."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,10 +320,7 @@ def test_a_pause_nobody_resumes_fails_the_run_with_the_reason(
 def test_a_stored_value_altered_behind_the_runs_back_fails_verification(
     client_env: LiveApi, media_root: Path
 ) -> None:
-    paths = [media_root / f"v/{i}.wav" for i in range(6)]
-    for i, path in enumerate(paths):
-        write_wav(path, frames=1000 * (i + 1))  # 0.125 s, 0.25 s, ...
-    ids = register(client_env, media_root, paths)
+    ids = wav_records(client_env, media_root, "v", [1000 * i for i in range(1, 7)])  # 0.125 s, ...
     victim = ids[3]
 
     def alter(update: ProgressUpdate) -> None:
@@ -351,10 +356,7 @@ def test_a_stored_value_altered_behind_the_runs_back_fails_verification(
 def test_a_clean_run_verifies_its_sample_and_a_dry_run_verifies_nothing(
     client_env: LiveApi, media_root: Path
 ) -> None:
-    paths = [media_root / f"ok/{i:02d}.wav" for i in range(30)]
-    for i, path in enumerate(paths):
-        write_wav(path, frames=100 + i)
-    register(client_env, media_root, paths)
+    wav_records(client_env, media_root, "ok", [100 + i for i in range(30)])
 
     dry = media_duration(dry_run=True, verify_sample=1.0)
     assert (dry.applied, dry.verified) == (30, 0)

@@ -101,10 +101,8 @@ def test_a_worker_unpickles_the_spec_without_importing_prefect() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.usefixtures("prefect_api_url")
-def test_snr_frequency_matches_the_corpus_manifest(
-    quarantine_at_first_failure: None, client_env: LiveApi, media_root: Path
-) -> None:
+@pytest.mark.usefixtures("prefect_api_url", "quarantine_at_first_failure")
+def test_snr_frequency_matches_the_corpus_manifest(client_env: LiveApi, media_root: Path) -> None:
     manifest = make_sample_corpus(media_root, audio=6, video=2, legacy=4, projects=0, corrupt=4)
     write_video(media_root / "video/mute.mp4", seconds=0.5, with_audio=False)
     registrations = [f.media_in(media_root) for f in manifest.files]

@@ -247,10 +247,8 @@ def test_a_stale_revision_is_a_conflict_never_an_overwrite(
 
 
 @pytest.mark.e2e
-@pytest.mark.usefixtures("prefect_api_url")
-def test_version_0_migrates_the_sample_corpus(
-    quarantine_at_first_failure: None, client_env: LiveApi, media_root: Path
-) -> None:
+@pytest.mark.usefixtures("prefect_api_url", "quarantine_at_first_failure")
+def test_version_0_migrates_the_sample_corpus(client_env: LiveApi, media_root: Path) -> None:
     manifest = make_sample_corpus(media_root, audio=2, video=0, legacy=8, projects=0, corrupt=1)
     ids = register(client_env, media_root, manifest.files)
     outside = media_root.parent / "elsewhere.wav"

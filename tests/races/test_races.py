@@ -71,6 +71,12 @@ def _outcome(responses: list[httpx.Response], **refusals: str) -> dict[str, Any]
     }
 
 
+def _one_applied(refusals: str, **rest: Any) -> dict[str, Any]:
+    """What a burst expects when one of its N batches wins: every status 200, one record
+    applied, N - 1 refused with the reason counted as `refusals`, and `rest`."""
+    return {"statuses": [200] * N, "applied": 1, refusals: N - 1, **rest}
+
+
 def test_render_quota_is_never_exceeded(race: Race) -> None:
     """100 s a month, 8 projects of one owner, 8 results of 60 s at once: one fits."""
     _tier(race, "tiny", 100)
@@ -87,15 +93,13 @@ def test_render_quota_is_never_exceeded(race: Race) -> None:
         "ledger_attempts": sorted(a for (a,) in ledger),
     }
     race.record(seen)
-    assert seen == {
-        "statuses": [200] * N,
-        "applied": 1,
-        "render_usage_s": 60.0,
-        "usage_rows": 1,
-        "compiled": 1,
-        "quota_refusals": N - 1,
-        "ledger_attempts": [1] * (N - 1),
-    }
+    assert seen == _one_applied(
+        "quota_refusals",
+        render_usage_s=60.0,
+        usage_rows=1,
+        compiled=1,
+        ledger_attempts=[1] * (N - 1),
+    )
 
 
 def test_same_project_result_at_once_is_counted_once(race: Race) -> None:
@@ -212,14 +216,7 @@ def test_legacy_records_upgraded_to_one_uri_at_once(race: Race) -> None:
         "ledger": race.scalar("SELECT COUNT(*) FROM backfill_failures WHERE kind = 'version-0'"),
     }
     race.record(seen)
-    assert seen == {
-        "statuses": [200] * N,
-        "applied": 1,
-        "uri_refusals": N - 1,
-        "with_new_uri": 1,
-        "still_legacy": N - 1,
-        "ledger": N - 1,
-    }
+    assert seen == _one_applied("uri_refusals", with_new_uri=1, still_legacy=N - 1, ledger=N - 1)
 
 
 @pytest.mark.parametrize("name", ["gold", "silver", "bronze"])
@@ -289,13 +286,7 @@ def test_same_output_uri_of_several_owners_at_once(race: Race) -> None:
         "render_usage_s": race.scalar("SELECT SUM(seconds) FROM render_usage"),
     }
     race.record(seen)
-    assert seen == {
-        "statuses": [200] * N,
-        "applied": 1,
-        "uri_refusals": N - 1,
-        "outputs": 1,
-        "render_usage_s": 60.0,
-    }
+    assert seen == _one_applied("uri_refusals", outputs=1, render_usage_s=60.0)
 
 
 def test_same_key_other_bodies_at_once(race: Race) -> None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, text
 from sqlmodel import Session
 
-from api.models import TODO_WHERE, Media, uri_key, utcnow
+from api.models import MEDIA, TODO_WHERE, uri_key, utcnow
 from api.schemas import (
     BackfillKind,
     BatchRequest,
@@ -39,7 +39,6 @@ from api.services.work import PendingRequest, coverage, fold_counts, pending_que
 from tests.conftest import ROOT
 from tests.services.utils import add_project
 
-MEDIA = Media.__table__  # type: ignore[attr-defined]
 MAX_ATTEMPTS = 2
 LEASE = 3600.0
 
