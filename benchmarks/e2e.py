@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.duration import make_wavs
-from benchmarks.hashing import ROOT, Bench, LocalApi, prefect_env, flow_env, local_api
+from benchmarks.hashing import ROOT, Bench, LocalApi, flow_env, local_api, prefect_env
 from flows.client import BackfillClient
 from ops.importer import import_media
 
