@@ -29,6 +29,7 @@ class BaseModel(_PydanticModel):
 
     model_config = ConfigDict(defer_build=True)
 
+
 #: The most items one batch POST may carry.
 MAX_BATCH_ITEMS = 1000
 #: The most records one page of `GET /media` or `/pending` returns.
