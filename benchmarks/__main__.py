@@ -92,7 +92,7 @@ class Sizes:
     cold_files: int = 1000
     import_records: int = 100_000
     scale_sizes: tuple[int, int] = (10_000, 1_000_000)
-    scale_runs: int = 15
+    scale_runs: int = 31
     e2e_files: int = 100_000
 
 

@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
-    parser.add_argument("--runs", type=int, default=15, help="runs per request figure")
+    parser.add_argument("--runs", type=int, default=31, help="runs per request figure")
     parser.add_argument("--status-runs", type=int, default=9, help="runs of `backfill status`")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args(argv)
