@@ -185,10 +185,18 @@ REQUESTS = {
 }
 
 
+def _turn(targets: list[Target], k: int) -> list[tuple[int, Target]]:
+    """The targets of turn `k`, in an order that alternates (small sizes first, then last), so
+    going first or second in a turn weighs on every size alike."""
+    order = list(enumerate(targets))
+    return order if k % 2 == 0 else order[::-1]
+
+
 def measure(targets: list[Target], runs: int, status_runs: int) -> list[dict[str, float]]:
     """The figures of each target, measured in turns: run k of a figure is taken at every
-    size before run k + 1, so a change of load on the machine falls on every size alike and
-    the ratio between sizes stays honest where the absolute figures do not."""
+    size (in alternating order) before run k + 1, so a change of load on the machine falls on
+    every size alike and the ratio between sizes stays honest where the absolute figures do
+    not."""
     figures: list[dict[str, float]] = [
         {"records": float(t.n), "build_s": t.built, "load_before": os.getloadavg()[0]}
         for t in targets
@@ -197,8 +205,8 @@ def measure(targets: list[Target], runs: int, status_runs: int) -> list[dict[str
         times: list[list[float]] = [[] for _ in targets]
         for t in targets:
             getattr(t, method)()  # warm
-        for _ in range(runs):
-            for i, t in enumerate(targets):
+        for k in range(runs):
+            for i, t in _turn(targets, k):
                 start = time.perf_counter()
                 getattr(t, method)()
                 times[i].append(time.perf_counter() - start)
@@ -208,8 +216,8 @@ def measure(targets: list[Target], runs: int, status_runs: int) -> list[dict[str
         samples: list[list[tuple[float, float]]] = [[] for _ in targets]
         for t in targets:
             status_once(t.base, t.token, uv=uv)  # warm: the OS caches the files it reads
-        for _ in range(n_runs):
-            for i, t in enumerate(targets):
+        for k in range(n_runs):
+            for i, t in _turn(targets, k):
                 samples[i].append(status_once(t.base, t.token, uv=uv))
         for f, ss in zip(figures, samples, strict=True):
             f[f"{key}_s"] = statistics.median(w for w, _ in ss)
