@@ -13,14 +13,22 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     Strict,
     model_validator,
 )
+from pydantic import BaseModel as _PydanticModel
 from pydantic_core import PydanticCustomError
+
+
+class BaseModel(_PydanticModel):
+    """Every model of the contract: validators built on first use, not at import, so a
+    process pays only for the models it uses (`backfill status` uses one of fifty)."""
+
+    model_config = ConfigDict(defer_build=True)
+
 
 #: The most items one batch POST may carry.
 MAX_BATCH_ITEMS = 1000

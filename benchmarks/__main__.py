@@ -93,7 +93,7 @@ class Sizes:
     cold_files: int = 1000
     import_records: int = 100_000
     scale_sizes: tuple[int, int] = (10_000, 1_000_000)
-    scale_runs: int = 15
+    scale_runs: int = 31
     e2e_files: int = 100_000
 
 
@@ -361,8 +361,9 @@ class Suite:
                     f"{k.removesuffix('_ms')} {lo[k]:.1f} -> {hi[k]:.1f} ms ({ratios[k]:.2f}x)"
                     for k in ratios
                 )
-                + f"; `backfill status` at {large:,}: {hi['status_s']:.2f} s (venv script), "
-                f"{hi['status_uv_s']:.2f} s (uv run); API RSS {lo['api_rss_mib']:.0f} -> "
+                + f"; `backfill status` at {large:,}: {hi['status_s']:.2f} s (venv script; CPU "
+                f"{hi['status_cpu_s']:.2f} s), {hi['status_uv_s']:.2f} s (uv run); load average "
+                f"{hi['load_before']:.1f}; API RSS {lo['api_rss_mib']:.0f} -> "
                 f"{hi['api_rss_mib']:.0f} MiB"
             )
             row.details = imp | {f"{k}_{int(c['records'])}": v for c in costs for k, v in c.items()}

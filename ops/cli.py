@@ -290,7 +290,19 @@ def status() -> None:
         name = f"{k.kind.value} ({k.algorithm})" if k.algorithm else k.kind.value
         versions = " ".join(f"v{v}:{n}" for v, n in sorted(k.versions.items())) or "-"
         table.add_row(name, *(str(v) for v in values), share, versions)
-    console.print(table)
+    _print_whole(table)
+
+
+def _print_whole(table: Table) -> None:
+    """Print `table` on the terminal's width; into a pipe or a file (80 columns to rich), at
+    the table's own width, so no count is cut to `99000…` (a million records are 7 digits)."""
+    out = console
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        wide = console.options.update_width(10_000)
+        out = Console(width=max(console.width, Measurement.get(console, wide, table).maximum))
+    out.print(table)
 
 
 # --- media register ------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
-from unittest import mock
 
 import httpx
 import typer
@@ -506,6 +505,8 @@ def _demo(layout: Layout, stack: ExitStack, *, keep: bool, started: float) -> in
         "BACKFILL_MEDIA_ROOT": str(layout.media),
         "BACKFILL_OUTPUT_ROOT": str(layout.compiled),
     }
+    from unittest import mock  # not at import: every `backfill` command would pay for it
+
     with mock.patch.dict(os.environ, client_env):  # restored afterwards
         runs = _run_flows(kinds, f"{prefect.url}/api", layout.prefect_home)
         # Compiled videos are media records too: give them their fields in a second pass.

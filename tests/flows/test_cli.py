@@ -44,6 +44,37 @@ def test_status_prints_coverage(cli: CliRunner, client_env: LiveApi) -> None:
         assert kind.value in result.stdout
 
 
+def test_status_table_into_a_pipe_keeps_every_digit(capsys: pytest.CaptureFixture[str]) -> None:
+    """Into a pipe rich lays tables out on 80 columns; a million records' counts would print
+    as `99000…`. `status` prints its table at the table's own width there."""
+    from rich.table import Table
+
+    from ops.cli import _print_whole
+
+    table = Table(title="coverage")
+    for name in ("kind", "total", "done", "pending", "failed", "quarantined", "done %"):
+        table.add_column(name)
+    table.add_column("by version")
+    table.add_row(
+        "file-hashing (sha256)",
+        "1000000",
+        "990000",
+        "10000",
+        "0",
+        "0",
+        "99.0",
+        "v1:980000 v2:10000",
+    )
+
+    _print_whole(table)
+
+    row = next(line for line in capsys.readouterr().out.splitlines() if "file-hashing" in line)
+    cells = [cell.strip() for cell in row.strip("│").split("│")]
+    assert cells == ["file-hashing (sha256)", "1000000", "990000", "10000", "0", "0", "99.0"] + [
+        "v1:980000 v2:10000"
+    ]
+
+
 def test_status_with_a_bad_token_is_a_config_error(
     cli: CliRunner, client_env: LiveApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
