@@ -18,7 +18,6 @@ from api.schemas import (
     MediaType,
     RegisteredMedia,
 )
-from api.services.batches import _mark
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
 
@@ -85,28 +84,41 @@ def _insert_new(conn: Connection, fresh: dict[str, tuple[object, ...]]) -> dict[
     """Insert these rows unless their uri is known; the ids of those inserted, by key."""
     if not fresh:
         return {}
-    mark = _mark(conn)
     to_db = MEDIA.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     now = utcnow()
     stamp = to_db(now) if to_db else now
-    row = f"({', '.join([mark] * (len(_INSERTED) + 2))})"
+    head = f"INSERT INTO media ({', '.join(_INSERTED)}, created_at, updated_at) "
+    tail = " ON CONFLICT (uri_key) DO NOTHING RETURNING uri_key, id"
+    if conn.dialect.name == "postgresql":
+        # One array per column: the statement is the same whatever the batch size, so
+        # psycopg converts it once (a VALUES list of 8,000 placeholders was split by its
+        # Python query parser on every batch: more than half the API's time per batch).
+        # `columns`: one list per column of `_INSERTED`, each typed by `_PG_TYPES`; `%b`:
+        # arrays in binary format, dumped seven times faster than as text.
+        columns = [list(column) for column in zip(*fresh.values(), strict=True)]
+        arrays = ", ".join(f"%b::{t}[]" for t in _PG_TYPES)
+        sql = f"{head}SELECT *, %s, %s FROM unnest({arrays}){tail}"
+        return dict(_fetch(conn, sql, [stamp, stamp, *columns]))
+    row = f"({', '.join('?' * (len(_INSERTED) + 2))})"
     params: list[object] = []
     for values in fresh.values():
         params += values
         params += (stamp, stamp)
-    sql = (
-        f"INSERT INTO media ({', '.join(_INSERTED)}, created_at, updated_at) "
-        f"VALUES {', '.join([row] * len(fresh))} "
-        "ON CONFLICT (uri_key) DO NOTHING RETURNING uri_key, id"
-    )
-    return dict(_fetch(conn, sql, params))
+    return dict(_fetch(conn, f"{head}VALUES {', '.join([row] * len(fresh))}{tail}", params))
+
+
+#: PostgreSQL types of the `_INSERTED` columns (their arrays are unnested into rows).
+_PG_TYPES = ("text", "varchar", "varchar", "bigint", "integer", "bigint")
 
 
 def _ids_of(conn: Connection, keys: list[str]) -> dict[str, int]:
     """The ids of the records with these uri keys that exist."""
     if not keys:
         return {}
-    marks = ", ".join([_mark(conn)] * len(keys))
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT uri_key, id FROM media WHERE uri_key = ANY(%b::varchar[])"
+        return dict(_fetch(conn, sql, [keys]))
+    marks = ", ".join("?" * len(keys))
     return dict(_fetch(conn, f"SELECT uri_key, id FROM media WHERE uri_key IN ({marks})", keys))
 
 
