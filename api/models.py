@@ -67,14 +67,20 @@ TODO_WHERE: dict[str, str] = {
 }
 
 #: The column holding the compute version of each media kind's value (file-hashing: per
-#: algorithm, `<algorithm>_version`); each has an index, so coverage counts the rows of older
-#: versions by an index range that touches only them.
+#: algorithm, `<algorithm>_version`); each has a partial index of the rows that have a version
+#: (migration 0005), so coverage counts the rows of older versions by an index range that
+#: touches only them, and registering a record (every version NULL) writes none of them.
 VERSION_COLUMNS = (
     "duration_version",
     "snr_version",
     "migration_version",
     *(f"{a}_version" for a in HASH_ALGORITHMS),
 )
+
+
+def _version_index(column: str) -> Index:
+    versioned = text(f"{column} IS NOT NULL")
+    return Index(f"ix_media_{column}", column, sqlite_where=versioned, postgresql_where=versioned)
 
 
 def _todo_index(name: str) -> Index:
@@ -94,7 +100,7 @@ class Media(SQLModel, table=True):
     #: of pending work reads only those, however many are done.
     __table_args__ = (
         *(_todo_index(name) for name in TODO_WHERE),
-        *(Index(f"ix_media_{column}", column) for column in VERSION_COLUMNS),
+        *(_version_index(column) for column in VERSION_COLUMNS),
     )
 
     id: int | None = _pk()
@@ -119,7 +125,8 @@ class Media(SQLModel, table=True):
     snr_version: int | None = None
     sample_rate: int | None = None
     channels: int | None = None
-    schema_version: int = Field(default=1, index=True)
+    #: No index (migration 0005): legacy rows are found by `ix_media_todo_version_0`.
+    schema_version: int = 1
     #: The version-0 compute version that upgraded this record (None: registered current).
     migration_version: int | None = None
     revision: int = Field(default=1, sa_type=BigInteger)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, literal_column, select
 from sqlmodel import Session, col
 
 from api.models import Media, uri_key, utcnow
@@ -144,7 +144,9 @@ def list_media(
     if media_type is not None:
         stmt = stmt.where(col(Media.media_type) == media_type)
     if schema_version is not None:
-        stmt = stmt.where(col(Media.schema_version) == schema_version)
+        # A literal (0 or 1): the planner matches `schema_version = 0` to the partial index
+        # of legacy rows only against a value it sees when it plans.
+        stmt = stmt.where(col(Media.schema_version) == literal_column(str(int(schema_version))))
     rows = session.scalars(stmt.order_by(col(Media.id)).limit(limit + 1)).all()
     items = [MediaPublic.model_validate(row) for row in rows[:limit]]
     next_after = items[-1].id if len(rows) > limit else None

@@ -189,9 +189,11 @@ def _counted_coverage(
 
 def versions_of(session: Session, column: Any, done: int) -> dict[int, int]:
     """Done records by compute version: the newest version stored (MAX over the column's
-    index), the rows of each older one counted over an index range that reads only them,
+    partial index), the rows of each older one counted over an index range that reads only them,
     and the rest (done minus those) counted as the newest."""
-    newest = session.execute(select(func.max(column))).scalar() or 1
+    # `IS NOT NULL` (MAX ignores NULL anyway): it lets the planner read the column's partial
+    # index, which holds only the rows that have a version.
+    newest = session.execute(select(func.max(column)).where(column.is_not(None))).scalar() or 1
     older = session.execute(
         select(column, func.count()).where(column < newest).group_by(column).order_by(column)
     ).all()
