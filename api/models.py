@@ -24,9 +24,21 @@ from sqlmodel import Field, SQLModel
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+#: A uri this long or longer is keyed by its start and a digest of the whole (`uri_key`).
+LONG_URI = 64
+
+
 def uri_key(uri: str) -> str:
-    """The unique key of a media uri."""
-    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
+    """The unique key of a media uri: the uri itself when shorter than 64 characters, else its
+    first 32 characters and 32 hex digits of its sha256 (exactly 64 characters, so never the
+    key of a short uri). Keys sort like their uris: a batch of neighbouring uris (a directory,
+    a slice of an import) writes a few neighbouring pages of the unique index, where a digest
+    for a key wrote a random page per record, and a bulk import slowed down as the table grew
+    (3x the CPU per record at 300k records on SQLite; migration 0006)."""
+    if len(uri) < LONG_URI:
+        return uri
+    digest = hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
+    return uri[:32] + digest[:32]
 
 
 def utcnow() -> datetime:
@@ -105,7 +117,7 @@ class Media(SQLModel, table=True):
 
     id: int | None = _pk()
     uri: str = Field(sa_column=Column(Text, nullable=False))
-    #: sha256 of `uri`: the unique key (a 4 KiB uri is too long for a btree entry).
+    #: `uri_key(uri)`: the unique key (a 4 KiB uri is too long for a btree entry).
     uri_key: str = Field(max_length=64, unique=True)
     media_type: str | None = Field(default=None, max_length=8)
     size_bytes: int | None = Field(default=None, sa_type=BigInteger)
