@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 from sqlalchemy import Connection, literal_column, select
 from sqlmodel import Session, col
 
@@ -96,15 +97,15 @@ def _insert_new(conn: Connection, fresh: dict[str, tuple[object, ...]]) -> dict[
     head = f"INSERT INTO media ({', '.join(_INSERTED)}, created_at, updated_at) "
     tail = " ON CONFLICT (uri_key) DO NOTHING RETURNING uri_key, id"
     if conn.dialect.name == "postgresql":
-        # One array per column: the statement is the same whatever the batch size, so
-        # psycopg converts it once (a VALUES list of 8,000 placeholders was split by its
-        # Python query parser on every batch: more than half the API's time per batch).
-        # `columns`: one list per column of `_INSERTED`, each typed by `_PG_TYPES`; `%b`:
-        # arrays in binary format, dumped seven times faster than as text.
-        columns = [list(column) for column in zip(*fresh.values(), strict=True)]
-        arrays = ", ".join(f"%b::{t}[]" for t in _PG_TYPES)
-        sql = f"{head}SELECT *, %s, %s FROM unnest({arrays}){tail}"
-        return dict(_fetch(conn, sql, [stamp, stamp, *columns]))
+        # The rows as one JSON array of arrays: the statement is the same whatever the batch
+        # size, so psycopg converts it once (a VALUES list of 8,000 placeholders was split by
+        # its Python query parser on every batch: more than half the API's time per batch).
+        # JSON rather than an array per column: 1.2 ms of the API's CPU per 1,000 rows where
+        # psycopg dumping the arrays took 4.4, and PostgreSQL reads jsonb as fast.
+        columns = ", ".join(f"(r->>{i})::{t}" for i, t in enumerate(_PG_TYPES))
+        sql = f"{head}SELECT {columns}, %s, %s FROM jsonb_array_elements(%s::jsonb) AS r{tail}"
+        rows = orjson.dumps(list(fresh.values())).decode()
+        return dict(_fetch(conn, sql, [stamp, stamp, rows]))
     row = f"({', '.join('?' * (len(_INSERTED) + 2))})"
     params: list[object] = []
     for values in fresh.values():
@@ -113,7 +114,7 @@ def _insert_new(conn: Connection, fresh: dict[str, tuple[object, ...]]) -> dict[
     return dict(_fetch(conn, f"{head}VALUES {', '.join([row] * len(fresh))}{tail}", params))
 
 
-#: PostgreSQL types of the `_INSERTED` columns (their arrays are unnested into rows).
+#: PostgreSQL types of the `_INSERTED` columns (the JSON values are cast to them).
 _PG_TYPES = ("text", "varchar", "varchar", "bigint", "integer", "bigint")
 
 
