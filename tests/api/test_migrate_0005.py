@@ -96,7 +96,7 @@ def plan_of(session: Session, stmt: Any) -> str:
 
 
 def test_version_indexes_are_partial_and_still_read(url: str) -> None:
-    assert upgrade(url, "0005").after == "0005"
+    upgrade(url)  # head: the model declares what the migrations made
     engine = make_engine(url, pool_size=1)
     try:
         indexes = media_indexes(engine)
@@ -139,5 +139,6 @@ def test_version_indexes_are_partial_and_still_read(url: str) -> None:
         assert indexes["ix_media_schema_version"] == (["schema_version"], None)
         engine.dispose()
         assert upgrade(url, "0005").after == "0005"  # and up again
+        assert media_indexes(engine) == model_indexes()
     finally:
         engine.dispose()
