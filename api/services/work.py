@@ -189,10 +189,11 @@ def _counted_coverage(
 
 def versions_of(session: Session, column: Any, done: int) -> dict[int, int]:
     """Done records by compute version: the newest version stored (MAX over the column's
-    partial index), the rows of each older one counted over an index range that reads only them,
-    and the rest (done minus those) counted as the newest."""
-    # `IS NOT NULL` (MAX ignores NULL anyway): it lets the planner read the column's partial
-    # index, which holds only the rows that have a version.
+    index), the rows of each older one counted over an index range that reads only them,
+    and the rest (done minus those) counted as the newest.
+
+    `IS NOT NULL` spelled out (MAX skips NULLs anyway): SQLite uses an index partial on
+    `<column> IS NOT NULL` only for a query that says so; without it MAX scans the table."""
     newest = session.execute(select(func.max(column)).where(column.is_not(None))).scalar() or 1
     older = session.execute(
         select(column, func.count()).where(column < newest).group_by(column).order_by(column)
