@@ -120,8 +120,14 @@ def is_url(uri: str) -> bool:
     return bool(_URL.match(uri))
 
 
+#: A clean relative POSIX path: segments without NUL or backslash, none empty, `.` or `..`.
+_CLEAN_PATH = re.compile(r"(?:(?!\.\.?/)[^/\\\x00]+/)*(?!\.\.?\Z)[^/\\\x00]+")
+
+
 def _relative_uri(uri: str) -> str:
     """A current record's uri: an http(s) URL or a clean POSIX path relative to the root."""
+    if _CLEAN_PATH.fullmatch(uri):  # the common case in one match; the rest says why not
+        return uri
     if is_url(uri):
         return uri
     if "\x00" in uri or "\\" in uri:

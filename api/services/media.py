@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
+import orjson
+from sqlalchemy import Connection, literal_column, select
 from sqlmodel import Session, col
 
 from api.models import Media, uri_key, utcnow
@@ -16,9 +17,7 @@ from api.schemas import (
     MediaPublic,
     MediaRegisterResult,
     MediaType,
-    RegisteredMedia,
 )
-from api.services.batches import _mark
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
 
@@ -62,19 +61,26 @@ def register_media(
         # A concurrent writer may have won a uri: ON CONFLICT DO NOTHING waited for its
         # commit, so this read (a new statement, a new snapshot) sees its row.
         existing = _ids_of(conn, [k for k in fresh if k not in created])
-    result = MediaRegisterResult(dry_run=batch.dry_run)
+    # Plain dicts validated in one call: a model built per item cost twice as much.
+    items: list[dict[str, object]] = []
     reported: set[str] = set()
-    append = result.items.append
+    applied = 0
     for key, item in zip(keys, batch.items, strict=True):
         if key in reported or key in existing:
             rid = existing.get(key, created.get(key))
-            append(RegisteredMedia(uri=item.uri, id=rid, status="existing"))
-            result.unchanged += 1
+            items.append({"uri": item.uri, "id": rid, "status": "existing"})
         else:
-            append(RegisteredMedia(uri=item.uri, id=created.get(key), status="created"))
-            result.applied += 1
+            items.append({"uri": item.uri, "id": created.get(key), "status": "created"})
+            applied += 1
         reported.add(key)
-    return result
+    return MediaRegisterResult.model_validate(
+        {
+            "items": items,
+            "applied": applied,
+            "unchanged": len(items) - applied,
+            "dry_run": batch.dry_run,
+        }
+    )
 
 
 #: Columns `register_media` writes, in the order of its VALUES rows.
@@ -85,28 +91,41 @@ def _insert_new(conn: Connection, fresh: dict[str, tuple[object, ...]]) -> dict[
     """Insert these rows unless their uri is known; the ids of those inserted, by key."""
     if not fresh:
         return {}
-    mark = _mark(conn)
     to_db = MEDIA.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     now = utcnow()
     stamp = to_db(now) if to_db else now
-    row = f"({', '.join([mark] * (len(_INSERTED) + 2))})"
+    head = f"INSERT INTO media ({', '.join(_INSERTED)}, created_at, updated_at) "
+    tail = " ON CONFLICT (uri_key) DO NOTHING RETURNING uri_key, id"
+    if conn.dialect.name == "postgresql":
+        # The rows as one JSON array of arrays: the statement is the same whatever the batch
+        # size, so psycopg converts it once (a VALUES list of 8,000 placeholders was split by
+        # its Python query parser on every batch: more than half the API's time per batch).
+        # JSON rather than an array per column: 1.2 ms of the API's CPU per 1,000 rows where
+        # psycopg dumping the arrays took 4.4, and PostgreSQL reads jsonb as fast.
+        columns = ", ".join(f"(r->>{i})::{t}" for i, t in enumerate(_PG_TYPES))
+        sql = f"{head}SELECT {columns}, %s, %s FROM jsonb_array_elements(%s::jsonb) AS r{tail}"
+        rows = orjson.dumps(list(fresh.values())).decode()
+        return dict(_fetch(conn, sql, [stamp, stamp, rows]))
+    row = f"({', '.join('?' * (len(_INSERTED) + 2))})"
     params: list[object] = []
     for values in fresh.values():
         params += values
         params += (stamp, stamp)
-    sql = (
-        f"INSERT INTO media ({', '.join(_INSERTED)}, created_at, updated_at) "
-        f"VALUES {', '.join([row] * len(fresh))} "
-        "ON CONFLICT (uri_key) DO NOTHING RETURNING uri_key, id"
-    )
-    return dict(_fetch(conn, sql, params))
+    return dict(_fetch(conn, f"{head}VALUES {', '.join([row] * len(fresh))}{tail}", params))
+
+
+#: PostgreSQL types of the `_INSERTED` columns (the JSON values are cast to them).
+_PG_TYPES = ("text", "varchar", "varchar", "bigint", "integer", "bigint")
 
 
 def _ids_of(conn: Connection, keys: list[str]) -> dict[str, int]:
     """The ids of the records with these uri keys that exist."""
     if not keys:
         return {}
-    marks = ", ".join([_mark(conn)] * len(keys))
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT uri_key, id FROM media WHERE uri_key = ANY(%b::varchar[])"
+        return dict(_fetch(conn, sql, [keys]))
+    marks = ", ".join("?" * len(keys))
     return dict(_fetch(conn, f"SELECT uri_key, id FROM media WHERE uri_key IN ({marks})", keys))
 
 
@@ -132,7 +151,9 @@ def list_media(
     if media_type is not None:
         stmt = stmt.where(col(Media.media_type) == media_type)
     if schema_version is not None:
-        stmt = stmt.where(col(Media.schema_version) == schema_version)
+        # A literal (0 or 1): the planner matches `schema_version = 0` to the partial index
+        # of legacy rows only against a value it sees when it plans.
+        stmt = stmt.where(col(Media.schema_version) == literal_column(str(int(schema_version))))
     rows = session.scalars(stmt.order_by(col(Media.id)).limit(limit + 1)).all()
     items = [MediaPublic.model_validate(row) for row in rows[:limit]]
     next_after = items[-1].id if len(rows) > limit else None

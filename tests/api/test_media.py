@@ -31,6 +31,29 @@ def test_register_media_duplicate_within_batch(client: httpx.Client) -> None:
     assert result["items"][0]["id"] == result["items"][1]["id"]
 
 
+def test_register_media_stores_every_value(client: httpx.Client) -> None:
+    """Each column of a batch arrives as written, NULLs and extremes included (PostgreSQL
+    sends the batch as one array per column)."""
+    items = [
+        {"uri": "/legacy/é ü.wav", "schema_version": 0},  # no type, no size
+        {"uri": "v/big.mp4", "media_type": "video", "size_bytes": 2**63 - 1},
+        {"uri": 'q/"quoted",{brace}\\.wav', "schema_version": 0, "size_bytes": 0},
+        {"uri": "https://host/a%20b.wav?x=1", "media_type": "audio"},
+    ]
+    result = client.post("/media", json={"items": items}).json()
+    assert result["applied"] == 4 and [i["status"] for i in result["items"]] == ["created"] * 4
+    for item, registered in zip(items, result["items"], strict=True):
+        record = client.get(f"/media/{registered['id']}").json()
+        assert registered["uri"] == record["uri"] == item["uri"]
+        assert record["media_type"] == item.get("media_type")
+        assert record["size_bytes"] == item.get("size_bytes")
+        assert record["schema_version"] == item.get("schema_version", 1)
+        assert record["revision"] == 1 and record["created_at"] == record["updated_at"]
+    again = client.post("/media", json={"items": items[::-1]}).json()
+    assert again["unchanged"] == 4 and again["applied"] == 0
+    assert [i["id"] for i in again["items"]] == [i["id"] for i in result["items"]][::-1]
+
+
 def test_register_media_dry_run_writes_nothing(client: httpx.Client) -> None:
     r = client.post(
         "/media", json={"items": [{"uri": "x.wav", "media_type": "audio"}], "dry_run": True}

@@ -24,8 +24,8 @@ def fresh_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def test_upgrade_reports_creation_then_nothing_to_do(fresh_url: str) -> None:
-    assert upgrade(fresh_url) == Migration(before=None, after="0004")
-    assert upgrade(fresh_url) == Migration(before="0004", after="0004")
+    assert upgrade(fresh_url) == Migration(before=None, after="0006")
+    assert upgrade(fresh_url) == Migration(before="0006", after="0006")
 
 
 def test_migration_describes_an_upgrade() -> None:
@@ -37,5 +37,5 @@ def test_migrate_command_says_what_it_did(fresh_url: str) -> None:
     first = runner.invoke(app, ["migrate"])
     second = runner.invoke(app, ["migrate"])
     assert (first.exit_code, second.exit_code) == (0, 0)
-    assert first.output == f"schema created at revision 0004: {fresh_url}\n"
-    assert second.output == f"schema already at revision 0004: {fresh_url}\n"
+    assert first.output == f"schema created at revision 0006: {fresh_url}\n"
+    assert second.output == f"schema already at revision 0006: {fresh_url}\n"
