@@ -198,6 +198,13 @@ def second_worker(
         yield second
 
 
+@pytest.fixture
+def fan_out_api(deployed: Deployed, deploy_api: DeployApi, second_worker: Worker) -> DeployApi:
+    """The live API, emptied, with the pool's deployments and two workers to take the shards."""
+    deploy_api.reset()
+    return deploy_api
+
+
 def write_wav(path: Path, frames: int, rate: int = 8000) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     with wave.open(str(path), "wb") as out:
@@ -269,12 +276,9 @@ def artifact_rows(prefect_server: PrefectServer, run_id: str, key: str) -> list[
 
 @pytest.mark.e2e
 def test_fan_out_over_two_workers_does_every_record_once(
-    prefect_server: PrefectServer,
-    deployed: Deployed,
-    deploy_api: DeployApi,
-    second_worker: Worker,
+    prefect_server: PrefectServer, fan_out_api: DeployApi
 ) -> None:
-    deploy_api.reset()
+    deploy_api = fan_out_api
     total = 301
     durations = register_wavs(deploy_api, "fanout", total)
 
@@ -331,14 +335,11 @@ def test_fan_out_over_two_workers_does_every_record_once(
 
 @pytest.mark.e2e
 def test_a_failed_shard_fails_the_parent_and_a_retry_reruns_only_it(
-    prefect_server: PrefectServer,
-    deployed: Deployed,
-    deploy_api: DeployApi,
-    second_worker: Worker,
+    prefect_server: PrefectServer, fan_out_api: DeployApi
 ) -> None:
     from prefect.states import Scheduled
 
-    deploy_api.reset()
+    deploy_api = fan_out_api
     durations = register_wavs(deploy_api, "retry", 40)
     # Break every record of shard 1 (odd ids): not media, so each fails and shard 1 passes
     # its max_failure_ratio.
