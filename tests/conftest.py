@@ -130,7 +130,7 @@ def prefect_server_group(module: str) -> str:
 #: through another fixture: each starts a real server or process - a uvicorn API (`live_api`,
 #: `api_server`, `deploy_api`), a Prefect server (the test harness or `prefect server start`), a
 #: worker, PostgreSQL, the race servers. A test marked `e2e` is slow too. Tests slow for another
-#: reason (fuzzing, an outage waited out, a load minute, librosa) carry the mark themselves.
+#: reason (fuzzing, an outage waited out, the load test, librosa) carry the mark themselves.
 SLOW_FIXTURES = frozenset(
     {
         "live_api",
@@ -163,10 +163,18 @@ def one_worker_group(item: pytest.Item) -> str | None:
 
 
 def first_the_longest(items: list[pytest.Item]) -> None:
-    """Put the Prefect-server groups first, in place: `--dist loadgroup` (without its reorder,
-    see pyproject.toml) hands the first group to one worker and the second to the other, and a
-    worker takes no more until its group is nearly done; the other tests fill in around them."""
-    items.sort(key=lambda item: not (one_worker_group(item) or "").startswith("prefect-server"))
+    """Order the tests (in place) longest first, as far as known: the Prefect-server groups,
+    then the other `slow` tests, then the rest, each in collection order. `--dist loadgroup`
+    (without its reorder, see pyproject.toml) hands the first group to one worker and the
+    second to the other; a worker takes more only when nearly done, and the many short tests
+    at the end even out the two workers."""
+
+    def rank(item: pytest.Item) -> int:
+        if (one_worker_group(item) or "").startswith("prefect-server"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
 
 
 def xdist_groups(item: pytest.Item) -> str:
