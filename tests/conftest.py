@@ -164,15 +164,17 @@ def one_worker_group(item: pytest.Item) -> str | None:
 
 def first_the_longest(items: list[pytest.Item]) -> None:
     """Order the tests (in place) longest first, as far as known: the Prefect-server groups,
-    then the other `slow` tests, then the rest, each in collection order. `--dist loadgroup`
-    (without its reorder, see pyproject.toml) hands the first group to one worker and the
-    second to the other; a worker takes more only when nearly done, and the many short tests
-    at the end even out the two workers."""
+    the other xdist groups (races, the media corpus), the other `slow` tests, then the rest,
+    each in collection order. `--dist loadgroup` (without its reorder, see pyproject.toml)
+    hands the first group to one worker and the second to the other; a worker takes more only
+    when nearly done, and the many short tests at the end even out the two workers."""
 
     def rank(item: pytest.Item) -> int:
         if (one_worker_group(item) or "").startswith("prefect-server"):
             return 0
-        return 1 if item.get_closest_marker("slow") else 2
+        if xdist_groups(item):
+            return 1
+        return 2 if item.get_closest_marker("slow") else 3
 
     items.sort(key=rank)
 
