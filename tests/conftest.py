@@ -109,11 +109,28 @@ def stop_group(
 #: Prefect's in-process test harness (`prefect_api_url`) is cheap enough to start once per worker.
 ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 
+#: The tests on a real `prefect server start` are the longest chain of the suite, so they are two
+#: groups, each with a Prefect server, live API and worker of its own (tests/deploy/conftest.py),
+#: that two xdist workers run side by side: the modules named here, the others "prefect-server".
+#: Balanced by their measured time (each half about 450 s at a load average of 8).
+PREFECT_SERVER_GROUPS = {
+    "test_browser": "prefect-server-2",
+    "test_fanout": "prefect-server-2",
+    "test_serve": "prefect-server-2",
+    "test_sharding": "prefect-server-2",
+}
+
+
+def prefect_server_group(module: str) -> str:
+    """The group (and Prefect server) of the tests of module `module` (a dotted name)."""
+    return PREFECT_SERVER_GROUPS.get(module.rsplit(".", 1)[-1], ONE_WORKER["prefect_server"])
+
+
 #: Fixtures that make a test `slow` (left out of the edit loop, `-m "not slow"`), used directly or
 #: through another fixture: each starts a real server or process - a uvicorn API (`live_api`,
 #: `api_server`, `deploy_api`), a Prefect server (the test harness or `prefect server start`), a
 #: worker, PostgreSQL, the race servers. A test marked `e2e` is slow too. Tests slow for another
-#: reason (fuzzing, an outage waited out, a load minute, librosa) carry the mark themselves.
+#: reason (fuzzing, an outage waited out, the load test, librosa) carry the mark themselves.
 SLOW_FIXTURES = frozenset(
     {
         "live_api",
@@ -139,7 +156,27 @@ def is_slow(item: pytest.Item) -> bool:
 def one_worker_group(item: pytest.Item) -> str | None:
     """The `ONE_WORKER` group of a test, from the fixtures it uses (None: any worker)."""
     names = getattr(item, "fixturenames", ())
-    return next((group for fixture, group in ONE_WORKER.items() if fixture in names), None)
+    group = next((group for fixture, group in ONE_WORKER.items() if fixture in names), None)
+    if group == ONE_WORKER["prefect_server"]:
+        return prefect_server_group(item.module.__name__)  # type: ignore[attr-defined]
+    return group
+
+
+def first_the_longest(items: list[pytest.Item]) -> None:
+    """Order the tests (in place) longest first, as far as known: the Prefect-server groups,
+    the other xdist groups (races, the media corpus), the other `slow` tests, then the rest,
+    each in collection order. `--dist loadgroup` (without its reorder, see pyproject.toml)
+    hands the first group to one worker and the second to the other; a worker takes more only
+    when nearly done, and the many short tests at the end even out the two workers."""
+
+    def rank(item: pytest.Item) -> int:
+        if (one_worker_group(item) or "").startswith("prefect-server"):
+            return 0
+        if xdist_groups(item):
+            return 1
+        return 2 if item.get_closest_marker("slow") else 3
+
+    items.sort(key=rank)
 
 
 def xdist_groups(item: pytest.Item) -> str:
@@ -186,6 +223,7 @@ def pytest_collection_modifyitems(
     yield
     # After them (-k and -m have deselected): an xdist worker of a loadgroup run.
     if getattr(config.option, "loadgroup", False):
+        first_the_longest(items)
         apply_xdist_groups(items)
 
 

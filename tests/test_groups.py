@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ONE_WORKER, one_worker_group, xdist_groups
+from tests.conftest import (
+    ONE_WORKER,
+    PREFECT_SERVER_GROUPS,
+    ROOT,
+    one_worker_group,
+    prefect_server_group,
+    xdist_groups,
+)
+
+PREFECT_GROUPS = {ONE_WORKER["prefect_server"], *PREFECT_SERVER_GROUPS.values()}
 
 
 def test_every_test_of_a_one_worker_fixture_is_in_its_group(request: pytest.FixtureRequest) -> None:
@@ -14,11 +23,24 @@ def test_every_test_of_a_one_worker_fixture_is_in_its_group(request: pytest.Fixt
     grouped = [item for item in items if one_worker_group(item)]
     for item in grouped:
         fixture = next(f for f in ONE_WORKER if f in item.fixturenames)
-        assert xdist_groups(item) == ONE_WORKER[fixture], item.nodeid
+        expected = ONE_WORKER[fixture]
+        if fixture == "prefect_server":  # the group of its module: its own Prefect server
+            expected = prefect_server_group(item.module.__name__)  # type: ignore[attr-defined]
+        assert xdist_groups(item) == expected, item.nodeid
     if getattr(request.config.option, "loadgroup", False):  # an xdist worker of a loadgroup run
         assert all(item.nodeid.endswith(f"@{one_worker_group(item)}") for item in grouped)
         assert "@" not in request.node.nodeid  # this test has no group: any worker runs it
+        # The Prefect-server groups go out first, one to each worker.
+        first = [one_worker_group(item) in PREFECT_GROUPS for item in items]
+        assert first == sorted(first, reverse=True)
     # A test using `worker` (or `deployed`) goes with the Prefect server it depends on.
-    assert {one_worker_group(item) for item in grouped} <= {"prefect-server", "races"}
+    assert {one_worker_group(item) for item in grouped} <= PREFECT_GROUPS | {"races"}
     worker_tests = [item for item in items if "worker" in item.fixturenames]
-    assert all(one_worker_group(item) == "prefect-server" for item in worker_tests)
+    assert all(one_worker_group(item) in PREFECT_GROUPS for item in worker_tests)
+
+
+def test_the_prefect_server_groups_name_real_modules() -> None:
+    """A module renamed would fall back to the first group silently and unbalance the two."""
+    assert len(PREFECT_GROUPS) == 2
+    for module in PREFECT_SERVER_GROUPS:
+        assert (ROOT / "tests" / "deploy" / f"{module}.py").is_file(), module

@@ -1,6 +1,8 @@
-"""Fixtures for the deployment tests: one real `prefect server start` for the session (with
-its UI), a live API on its own SQLite file, the `backfills` pool with every deployment of
-prefect.yaml, and a process worker started from the project folder."""
+"""Fixtures for the deployment tests: a real `prefect server start` (with its UI), a live API
+on its own SQLite file, the `backfills` pool with every deployment of prefect.yaml, and a
+process worker started from the project folder: one of each per Prefect-server group
+(`tests.conftest.PREFECT_SERVER_GROUPS`), started at its first use, stopped at the session's
+end, so the two groups never share a server even when one xdist worker runs both."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -26,7 +28,9 @@ from tests.conftest import (
     LiveApi,
     free_port,
     migrated_live_api,
+    prefect_server_group,
     prefect_server_timeout,
+    server_timeout,
     session_members,
     spawn,
     stop_group,
@@ -52,9 +56,11 @@ LOOP_LOGGERS = ("prefect.server.services", "docket")
 
 
 def wait_for(
-    what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.2
+    what: str, probe: Callable[[], T | None], timeout: float | None = None, every: float = 0.2
 ) -> T:
-    """Call `probe` until it returns something truthy; fail the test after `timeout` s."""
+    """Call `probe` until it returns something truthy; fail the test after `timeout` s
+    (default `server_timeout()`, BACKFILL_TEST_SERVER_TIMEOUT)."""
+    timeout = server_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -215,14 +221,59 @@ class PrefectServer:
             yield client
 
 
+class PerGroup:
+    """What the tests of one Prefect-server group share, made at its first use (by a context
+    manager, given a folder of its own) and kept until the session ends; a failure to make it
+    is kept too, so the next test of the group fails at once instead of waiting out the
+    deadline again."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.made: dict[tuple[str, str], Any] = {}
+        self.exits = ExitStack()
+
+    def get(
+        self,
+        request: pytest.FixtureRequest,
+        what: str,
+        make: Callable[[Path], AbstractContextManager[T]],
+    ) -> T:
+        """`what` of the group of the requesting test module."""
+        group = prefect_server_group(request.module.__name__)
+        key = (group, what)
+        if key not in self.made:
+            try:
+                folder = self.tmp_path_factory.mktemp(f"{group}-{what}")
+                self.made[key] = self.exits.enter_context(make(folder))
+            except (Exception, pytest.fail.Exception) as exc:
+                self.made[key] = exc
+                raise
+        value = self.made[key]
+        if isinstance(value, Exception | pytest.fail.Exception):
+            pytest.fail(f"{what} of group {group} could not be started: {value!r}")
+        return value  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = PrefectServer(home=tmp_path_factory.mktemp("prefect-home"))
+def per_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerGroup]:
+    shared = PerGroup(tmp_path_factory)
+    with shared.exits:  # stopped in the reverse order: workers, APIs, then the servers
+        yield shared
+
+
+@contextmanager
+def started_prefect_server(home: Path) -> Iterator[PrefectServer]:
+    server = PrefectServer(home=home)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(per_group: PerGroup, request: pytest.FixtureRequest) -> PrefectServer:
+    return per_group.get(request, "prefect-home", started_prefect_server)
 
 
 @pytest.fixture(autouse=True)
@@ -287,9 +338,8 @@ class DeployApi:
         return dict(self.query("SELECT uri, sha256 FROM media"))
 
 
-@pytest.fixture(scope="session")
-def deploy_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployApi]:
-    folder = tmp_path_factory.mktemp("deploy-api")
+@contextmanager
+def started_deploy_api(folder: Path) -> Iterator[DeployApi]:
     api = migrated_live_api(folder, "api.db", admin="worker")
     media_root = folder / "media"
     media_root.mkdir()
@@ -298,6 +348,11 @@ def deploy_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployApi]:
         yield DeployApi(api=api, media_root=media_root)
     finally:
         api.stop()
+
+
+@pytest.fixture(scope="module")
+def deploy_api(per_group: PerGroup, request: pytest.FixtureRequest) -> DeployApi:
+    return per_group.get(request, "deploy-api", started_deploy_api)
 
 
 def deployable(
@@ -345,8 +400,14 @@ def deploy_all(prefect_server: PrefectServer) -> list[str]:
     return names
 
 
-@pytest.fixture(scope="session")
-def deployed(prefect_server: PrefectServer) -> Deployed:
+@pytest.fixture(scope="module")
+def deployed(
+    per_group: PerGroup, request: pytest.FixtureRequest, prefect_server: PrefectServer
+) -> Deployed:
+    return per_group.get(request, "deployed", lambda _: nullcontext(deploy_pool(prefect_server)))
+
+
+def deploy_pool(prefect_server: PrefectServer) -> Deployed:
     """The documented commands: create the pool, deploy everything, then pause schedules."""
     prefect_server.cli("uv run prefect work-pool create backfills --type process")
     names = deploy_all(prefect_server)
@@ -414,17 +475,20 @@ def running_worker(
         stop_group(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(
+    per_group: PerGroup,
+    request: pytest.FixtureRequest,
     prefect_server: PrefectServer,
     deployed: Deployed,
     deploy_api: DeployApi,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Worker]:
+) -> Worker:
     """`prefect worker start --pool backfills` from the project folder, BACKFILL_* set."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    with running_worker(prefect_server, deploy_api, log_path) as started:
-        yield started
+    return per_group.get(
+        request,
+        "worker",
+        lambda folder: running_worker(prefect_server, deploy_api, folder / "worker.log"),
+    )
 
 
 def flow_run_id(output: str) -> str:

@@ -89,7 +89,13 @@ def test_custom_run_from_the_ui_form(
             before = runs_of(deployment.id)
             page.get_by_role("button", name="Submit", exact=True).click()
             # The UI goes back to the deployment page; the new run is the one we started.
-            (run_id,) = wait_for("the new flow run", lambda: runs_of(deployment.id) - before)
+            try:
+                (run_id,) = wait_for("the new flow run", lambda: runs_of(deployment.id) - before)
+            except pytest.fail.Exception:
+                # What the page says instead (a toast, a field's error), and how it looks.
+                page.screenshot(path=str(tmp_path / "after-submit.png"), full_page=True)
+                said = page.locator("[role=alert], .p-toast, .p-message").all_inner_texts()
+                pytest.fail(f"no flow run after Submit; at {page.url} the page says {said}")
         finally:
             browser.close()
 

@@ -24,14 +24,7 @@ from deployments.budgets import DEFAULT_API_LIMIT, QUEUES
 from deployments.definitions import ROOT
 from flows.budgets import api_limit_name
 from tests.conftest import spawn, stop_group
-from tests.deploy.conftest import (
-    RUN_TIMEOUT,
-    DeployApi,
-    Deployed,
-    PrefectServer,
-    Worker,
-    flow_run_id,
-)
+from tests.deploy import conftest as harness
 
 BUDGETS = "uv run python -m deployments.budgets"
 ADHOC_RUN = (
@@ -45,7 +38,7 @@ OPERATIONS_COMMANDS = [BUDGETS, GCL_CREATE, ADHOC_RUN]
 pytestmark = pytest.mark.e2e
 
 
-def delete_api_limits(prefect_server: PrefectServer) -> None:
+def delete_api_limits(prefect_server: harness.PrefectServer) -> None:
     """No API limit is left for the other tests of the session."""
     from prefect.exceptions import ObjectNotFound
 
@@ -58,7 +51,7 @@ def delete_api_limits(prefect_server: PrefectServer) -> None:
 
 
 def test_budgets_sets_queue_priorities_and_creates_the_api_limits(
-    prefect_server: PrefectServer, deployed: Deployed
+    prefect_server: harness.PrefectServer, deployed: harness.Deployed
 ) -> None:
     try:
         first = prefect_server.cli(BUDGETS)
@@ -94,7 +87,7 @@ def test_budgets_sets_queue_priorities_and_creates_the_api_limits(
 
 
 def test_a_worker_is_handed_nightly_runs_before_adhoc_ones(
-    prefect_server: PrefectServer, deployed: Deployed
+    prefect_server: harness.PrefectServer, deployed: harness.Deployed
 ) -> None:
     """What the server answers a worker's poll (`get_scheduled_flow_runs` of its pool): the
     runs of `nightly` first, even when an ad-hoc run has waited longer; with a pool limited
@@ -143,7 +136,7 @@ def test_a_worker_is_handed_nightly_runs_before_adhoc_ones(
 
 
 def test_an_adhoc_run_goes_through_the_adhoc_queue_at_its_pace(
-    prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
+    prefect_server: harness.PrefectServer, worker: harness.Worker, deploy_api: harness.DeployApi
 ) -> None:
     deploy_api.reset()
     deploy_api.register_files("adhoc", [64 + i for i in range(100)])
@@ -155,7 +148,7 @@ def test_an_adhoc_run_goes_through_the_adhoc_queue_at_its_pace(
     assert "Flow run finished successfully in 'Completed'" in done.stdout
     assert None not in deploy_api.hashes().values()
     with prefect_server.client() as client:
-        run = client.read_flow_run(flow_run_id(done.stdout))
+        run = client.read_flow_run(harness.flow_run_id(done.stdout))
     assert run.work_queue_name == "adhoc"
     assert run.parameters["max_records_per_second"] == 50
     assert (run.end_time - run.start_time).total_seconds() >= 100 / 50 * 0.97  # 100 at 50/s
@@ -244,7 +237,7 @@ def recording_proxy(upstream: str, delay: float) -> Iterator[tuple[str, Recorder
 
 
 def test_an_api_limit_of_one_serialises_the_writes_of_two_runs(
-    prefect_server: PrefectServer, deployed: Deployed, deploy_api: DeployApi
+    prefect_server: harness.PrefectServer, deployed: harness.Deployed, deploy_api: harness.DeployApi
 ) -> None:
     deploy_api.reset()
     deploy_api.register_files("limited", [100 + i for i in range(40)])
@@ -275,7 +268,7 @@ def test_an_api_limit_of_one_serialises_the_writes_of_two_runs(
                 for index in range(2)
             ]
             try:
-                outputs = [run.communicate(timeout=2 * RUN_TIMEOUT)[0] for run in runs]
+                outputs = [run.communicate(timeout=2 * harness.RUN_TIMEOUT)[0] for run in runs]
             finally:
                 for run in runs:
                     stop_group(run)

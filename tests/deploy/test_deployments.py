@@ -17,15 +17,7 @@ from typing import Any
 import pytest
 
 from deployments.definitions import ROOT, load_definitions
-from tests.deploy.conftest import (
-    RUN_TIMEOUT,
-    DeployApi,
-    Deployed,
-    PrefectServer,
-    Worker,
-    flow_run_id,
-    wait_for,
-)
+from tests.deploy import conftest as harness
 
 DRY_RUN = "uv run prefect deployment run 'file-hashing/nightly' --param limit=100 --param dry_run=true --watch"
 RUN = "uv run prefect deployment run 'file-hashing/nightly' --param max_failure_ratio=0.5 --watch"
@@ -52,7 +44,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_deploy_all_creates_the_nightly_deployments(deployed: Deployed) -> None:
+def test_deploy_all_creates_the_nightly_deployments(deployed: harness.Deployed) -> None:
     specs = {(spec.entrypoint, spec.name): spec for spec in load_definitions()}
     present = [spec for spec in specs.values() if spec.flow_file.is_file()]
     assert len(deployed.deployments) == len(present) >= 4
@@ -91,7 +83,7 @@ def test_deploy_all_creates_the_nightly_deployments(deployed: Deployed) -> None:
 
 
 def test_runs_from_the_shell_dry_run_then_real_then_mode_failed(
-    prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
+    prefect_server: harness.PrefectServer, worker: harness.Worker, deploy_api: harness.DeployApi
 ) -> None:
     deploy_api.reset()
     files = deploy_api.register_files("shell", [10, 2000, 1 << 16, 3, 40_000])
@@ -121,7 +113,7 @@ def test_runs_from_the_shell_dry_run_then_real_then_mode_failed(
 
 
 def test_watch_exits_non_zero_when_the_run_fails_and_the_ui_retry_continues(
-    prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
+    prefect_server: harness.PrefectServer, worker: harness.Worker, deploy_api: harness.DeployApi
 ) -> None:
     deploy_api.reset()
     total = 150
@@ -143,9 +135,9 @@ def test_watch_exits_non_zero_when_the_run_fails_and_the_ui_retry_continues(
     )
     try:
         # One record per chunk, one chunk at a time: take the API down a few chunks in.
-        wait_for("the first chunks", lambda: applied_batches() >= 5, timeout=90, every=0.02)
+        harness.wait_for("the first chunks", lambda: applied_batches() >= 5, timeout=90, every=0.02)
         deploy_api.api.stop()
-        output, _ = watch.communicate(timeout=RUN_TIMEOUT)
+        output, _ = watch.communicate(timeout=harness.RUN_TIMEOUT)
     finally:
         if watch.poll() is None:
             watch.kill()
@@ -154,7 +146,7 @@ def test_watch_exits_non_zero_when_the_run_fails_and_the_ui_retry_continues(
 
     assert watch.returncode == 1, output
     assert "Flow run finished in state 'Failed'" in output
-    run_id = flow_run_id(output)
+    run_id = harness.flow_run_id(output)
     first = deploy_api.query(
         "SELECT count(*), coalesce(max(id), 0) FROM audit WHERE kind = 'file-hashing'"
     )[0]
@@ -175,7 +167,9 @@ def test_watch_exits_non_zero_when_the_run_fails_and_the_ui_retry_continues(
             state = client.read_flow_run(run_id).state
             return state if state is not None and state.is_final() else None
 
-        state = wait_for("the retried run", final_state, timeout=RUN_TIMEOUT, every=0.5)
+        state = harness.wait_for(
+            "the retried run", final_state, timeout=harness.RUN_TIMEOUT, every=0.5
+        )
         assert state.is_completed(), state
         run = client.read_flow_run(run_id)
         assert run.run_count == 2

@@ -26,21 +26,12 @@ from flows.fanout import (
     shards_table,
 )
 from flows.media_duration import DurationParams
-from tests.deploy.conftest import (
-    RUN_TIMEOUT,
-    DeployApi,
-    Deployed,
-    PrefectServer,
-    Worker,
-    flow_run_id,
-    running_worker,
-    wait_for,
-)
+from tests.deploy import conftest as harness
 
 KIND = BackfillKind.MEDIA_DURATION
 FAN_OUT = "uv run prefect deployment run 'media-duration/nightly' --param shards=2 --watch"
 #: Seconds a fanned-out run may take (three flow-run processes on a busy 2-core machine).
-FAN_OUT_TIMEOUT = 2 * RUN_TIMEOUT
+FAN_OUT_TIMEOUT = 2 * harness.RUN_TIMEOUT
 
 
 # --- Without a server ----------------------------------------------------------------------
@@ -183,19 +174,28 @@ def test_combine_sums_the_shards_and_names_the_failed_ones() -> None:
 
 @pytest.fixture(scope="module")
 def second_worker(
-    prefect_server: PrefectServer,
-    deploy_api: DeployApi,
-    worker: Worker,
+    prefect_server: harness.PrefectServer,
+    deploy_api: harness.DeployApi,
+    worker: harness.Worker,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Worker]:
+) -> Iterator[harness.Worker]:
     """Another `prefect worker start --pool backfills`: the fan-out's children go to any."""
     log_path = tmp_path_factory.mktemp("worker-2") / "worker.log"
     # Polls less often than the first worker: each poll is a write to the Prefect server's
     # SQLite file, which two workers at 1 s kept locked on a busy machine.
-    with running_worker(
+    with harness.running_worker(
         prefect_server, deploy_api, log_path, name="fanout-second", query_seconds=3
     ) as second:
         yield second
+
+
+@pytest.fixture
+def fan_out_api(
+    deployed: harness.Deployed, deploy_api: harness.DeployApi, second_worker: harness.Worker
+) -> harness.DeployApi:
+    """The live API, emptied, with the pool's deployments and two workers to take the shards."""
+    deploy_api.reset()
+    return deploy_api
 
 
 def write_wav(path: Path, frames: int, rate: int = 8000) -> float:
@@ -208,7 +208,7 @@ def write_wav(path: Path, frames: int, rate: int = 8000) -> float:
     return frames / rate
 
 
-def register_wavs(deploy_api: DeployApi, folder: str, count: int) -> dict[int, float]:
+def register_wavs(deploy_api: harness.DeployApi, folder: str, count: int) -> dict[int, float]:
     """`count` WAVs of known length, registered: record id -> duration."""
     from flows.client import BackfillClient
 
@@ -236,7 +236,7 @@ def children_of(client: Any, parent_id: str) -> list[Any]:
     )
 
 
-def audit_by_run(deploy_api: DeployApi) -> dict[str, tuple[int, int]]:
+def audit_by_run(deploy_api: harness.DeployApi) -> dict[str, tuple[int, int]]:
     rows = deploy_api.query(
         "SELECT flow_run_id, sum(applied), sum(unchanged) FROM audit "
         "WHERE kind = 'media-duration' AND NOT dry_run GROUP BY flow_run_id"
@@ -244,7 +244,9 @@ def audit_by_run(deploy_api: DeployApi) -> dict[str, tuple[int, int]]:
     return {str(run): (int(applied), int(unchanged)) for run, applied, unchanged in rows}
 
 
-def artifact_rows(prefect_server: PrefectServer, run_id: str, key: str) -> list[dict[str, Any]]:
+def artifact_rows(
+    prefect_server: harness.PrefectServer, run_id: str, key: str
+) -> list[dict[str, Any]]:
     import json
 
     from prefect.client.schemas.filters import (
@@ -269,12 +271,9 @@ def artifact_rows(prefect_server: PrefectServer, run_id: str, key: str) -> list[
 
 @pytest.mark.e2e
 def test_fan_out_over_two_workers_does_every_record_once(
-    prefect_server: PrefectServer,
-    deployed: Deployed,
-    deploy_api: DeployApi,
-    second_worker: Worker,
+    prefect_server: harness.PrefectServer, fan_out_api: harness.DeployApi
 ) -> None:
-    deploy_api.reset()
+    deploy_api = fan_out_api
     total = 301
     durations = register_wavs(deploy_api, "fanout", total)
 
@@ -282,7 +281,7 @@ def test_fan_out_over_two_workers_does_every_record_once(
     done = prefect_server.cli(FAN_OUT, timeout=FAN_OUT_TIMEOUT)
     seconds = time.monotonic() - started
     assert "Flow run finished successfully in 'Completed'" in done.stdout
-    parent = flow_run_id(done.stdout)
+    parent = harness.flow_run_id(done.stdout)
 
     with prefect_server.client() as client:
         children = children_of(client, parent)
@@ -331,14 +330,11 @@ def test_fan_out_over_two_workers_does_every_record_once(
 
 @pytest.mark.e2e
 def test_a_failed_shard_fails_the_parent_and_a_retry_reruns_only_it(
-    prefect_server: PrefectServer,
-    deployed: Deployed,
-    deploy_api: DeployApi,
-    second_worker: Worker,
+    prefect_server: harness.PrefectServer, fan_out_api: harness.DeployApi
 ) -> None:
     from prefect.states import Scheduled
 
-    deploy_api.reset()
+    deploy_api = fan_out_api
     durations = register_wavs(deploy_api, "retry", 40)
     # Break every record of shard 1 (odd ids): not media, so each fails and shard 1 passes
     # its max_failure_ratio.
@@ -351,7 +347,7 @@ def test_a_failed_shard_fails_the_parent_and_a_retry_reruns_only_it(
 
     done = prefect_server.cli(FAN_OUT, check=False, timeout=FAN_OUT_TIMEOUT)
     assert done.returncode == 1, done.stdout + done.stderr
-    parent = flow_run_id(done.stdout)
+    parent = harness.flow_run_id(done.stdout)
     with prefect_server.client() as client:
         first = {c.parameters["shard_index"]: c for c in children_of(client, parent)}
         state = client.read_flow_run(parent).state
@@ -375,7 +371,7 @@ def test_a_failed_shard_fails_the_parent_and_a_retry_reruns_only_it(
             run = client.read_flow_run(parent)
             return run if run.state is not None and run.state.is_final() else None
 
-        retried = wait_for("the retried parent", final, timeout=FAN_OUT_TIMEOUT, every=1.0)
+        retried = harness.wait_for("the retried parent", final, timeout=FAN_OUT_TIMEOUT, every=1.0)
         again = {c.parameters["shard_index"]: c for c in children_of(client, parent)}
 
     assert retried.state.is_completed(), retried.state

@@ -2,8 +2,9 @@
 without a work pool, and a run of one of them triggered from the shell.
 
 It registers the same names as `prefect deploy --all`, so it first deletes those (the
-documented switch from a work pool to serve) and runs after the work-pool tests (pytest runs
-the modules of this folder in name order)."""
+documented switch from a work pool to serve) and runs after the work-pool tests of its group
+("prefect-server-2", which has a Prefect server of its own; pytest runs the modules of this
+folder in name order)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Load: the API (a real uvicorn process over the session's database: SQLite file, or
 PostgreSQL with BACKFILL_TEST_DATABASE_URL) under 8 concurrent clients posting batches of
-results for a minute (BACKFILL_LOAD_SECONDS, default 60).
+results for 20 s (BACKFILL_LOAD_SECONDS; 60 for a steadier figure): both cores busy
+throughout, so the default run keeps it short; every write is checked whatever the length.
 
 Asserts no error response and sane bounds only (no timing targets); reports p50/p99
 latency per request and rows/s, printed and written to load.json in the test's tmp_path
@@ -27,7 +28,7 @@ from tests.reliability.helpers import Db, admin_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SECONDS = float(os.environ.get("BACKFILL_LOAD_SECONDS", "60"))
+SECONDS = float(os.environ.get("BACKFILL_LOAD_SECONDS", "20"))
 CLIENTS = 8
 RECORDS = 50_000
 BATCH = 250
