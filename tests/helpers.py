@@ -3,8 +3,10 @@ database between tests. Fixtures live in the conftest files; plain functions liv
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from api.schemas import MediaIn, MediaType
@@ -71,3 +73,13 @@ def register(api: LiveApi, items: Sequence[MediaIn]) -> dict[str, int]:
             assert [i.status for i in result.items] == ["created"] * len(chunk), result
             ids |= {i.uri: i.id for i in result.items if i.id is not None}
     return ids
+
+
+def load_migration(filename: str) -> ModuleType:
+    """A migration module of api/migrations/versions, by file name (they are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "api/migrations/versions" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,11 +4,6 @@ one hash back. On SQLite, and on PostgreSQL when BACKFILL_TEST_DATABASE_URL is s
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic import command
 from sqlalchemy import Engine, text
 from sqlmodel import Session
@@ -18,22 +13,10 @@ from api.migrate import alembic_config, upgrade
 from api.models import uri_key
 from api.schemas import BackfillKind, HashAlgorithm, PendingFilter
 from api.services.work import coverage, scan_coverage
-from tests.conftest import postgres_database
 from tests.services.utils import pending_ids
 
 SHA = "ab" * 32
 MD5 = "cd" * 16
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> Iterator[str]:
-    server = os.environ.get("BACKFILL_TEST_DATABASE_URL")
-    if server:
-        databases = postgres_database(server)
-        yield next(databases)
-        databases.close()
-    else:
-        yield f"sqlite:///{tmp_path / 'old.db'}"
 
 
 def seed_0002(engine: Engine) -> dict[str, int]:

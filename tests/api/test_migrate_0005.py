@@ -5,12 +5,8 @@ BACKFILL_TEST_DATABASE_URL is set."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from sqlalchemy import Engine, func, insert, inspect, select, text
 from sqlmodel import Session
@@ -20,20 +16,8 @@ from api.migrate import alembic_config, upgrade
 from api.models import VERSION_COLUMNS, Media, uri_key, utcnow
 from api.schemas import BackfillKind, PendingFilter, ReprocessMode
 from api.services.work import PendingRequest, coverage, pending_query, scan_coverage
-from tests.conftest import postgres_database
 
 MEDIA = Media.__table__  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> Iterator[str]:
-    server = os.environ.get("BACKFILL_TEST_DATABASE_URL")
-    if server:
-        databases = postgres_database(server)
-        yield next(databases)
-        databases.close()
-    else:
-        yield f"sqlite:///{tmp_path / 'v.db'}"
 
 
 def media_indexes(engine: Engine) -> dict[str, tuple[list[str], str | None]]:

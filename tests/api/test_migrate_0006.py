@@ -5,13 +5,8 @@ SQLite, and on PostgreSQL when BACKFILL_TEST_DATABASE_URL is set."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from sqlalchemy import Engine, text
 from sqlmodel import Session
@@ -21,9 +16,8 @@ from api.migrate import alembic_config, upgrade
 from api.models import uri_key
 from api.schemas import MediaIn, MediaRegisterBatch
 from api.services.media import register_media
-from tests.conftest import postgres_database
+from tests.helpers import load_migration
 
-ROOT = Path(__file__).resolve().parents[2]
 URIS = [
     "a/x.wav",
     "é/ü/" + "n" * 59,  # 63 characters: the last kept as it is
@@ -31,17 +25,6 @@ URIS = [
     "https://host/" + "p/" * 40 + "q.mp4",
     "r/" + "s" * 4000 + ".wav",
 ]
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> Iterator[str]:
-    server = os.environ.get("BACKFILL_TEST_DATABASE_URL")
-    if server:
-        databases = postgres_database(server)
-        yield next(databases)
-        databases.close()
-    else:
-        yield f"sqlite:///{tmp_path / 'k.db'}"
 
 
 def sha256(uri: str) -> str:
@@ -54,12 +37,7 @@ def keys(engine: Engine) -> dict[str, str]:
 
 
 def migration() -> Any:
-    path = ROOT / "api/migrations/versions/0006_uri_keys_in_uri_order.py"
-    spec = importlib.util.spec_from_file_location("migration_0006", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_migration("0006_uri_keys_in_uri_order.py")
 
 
 def test_the_key_is_the_uri_or_its_start_and_a_digest() -> None:

@@ -4,8 +4,6 @@ predicates are the partial indexes' (`api.models.TODO_WHERE`, copied in migratio
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from sqlalchemy import insert, text
 from sqlmodel import Session
@@ -36,7 +34,7 @@ from api.services.ledger import record_failures
 from api.services.media import register_media
 from api.services.projects import apply_clip_compile
 from api.services.work import PendingRequest, coverage, fold_counts, pending_query, scan_coverage
-from tests.conftest import ROOT
+from tests.helpers import load_migration
 from tests.services.utils import add_project
 
 MAX_ATTEMPTS = 2
@@ -214,11 +212,7 @@ def test_folding_keeps_the_counts(session: Session) -> None:
 
 
 def test_migration_copies_the_pending_predicates() -> None:
-    path = ROOT / "api/migrations/versions/0003_compute_versions_and_digests.py"
-    spec = importlib.util.spec_from_file_location("migration_0003", path)
-    assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
+    migration = load_migration("0003_compute_versions_and_digests.py")
     assert {name.replace("-", "_") for name in TODO_WHERE} == set(migration.TODO)
     for name, predicate in TODO_WHERE.items():
         assert migration.todo(name.replace("-", "_")) == predicate
