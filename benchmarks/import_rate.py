@@ -5,7 +5,7 @@
 
 Writes N `MediaIn` lines to a file, serves a fresh migrated database with uvicorn on
 127.0.0.1, imports the file with `ops.importer.import_media` (the command's engine: batches
-of 1,000, two in flight, an Idempotency-Key per batch) and prints records/s; then imports it
+of 1,000, four in flight, an Idempotency-Key per batch) and prints records/s; then imports it
 again and prints the re-import rate (every record already there). PostgreSQL is a throwaway
 cluster (`benchmarks.pg`) unless BACKFILL_BENCH_PG_URL names one.
 """

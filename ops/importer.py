@@ -4,13 +4,13 @@ Pure client side: every record goes through the API, each batch with an Idempote
 derived from its content, so a retried batch is applied once. A re-import registers nothing
 twice: known uris come back as `existing`.
 
-The server validates each record (the same `MediaIn` model), so the client does not: it only
-parses each line as JSON (orjson) and posts the batch. Two batches are in flight at once: the
-next one is parsed and sent while the server writes the last. A batch the server refuses with
-422 is validated here line by line; the malformed lines are reported with their number and
-the rest of the batch is sent again. The import streams, so a file of millions of lines is
-never held in memory; since a re-import is idempotent, fixing the bad lines and importing
-again adds just those.
+The server validates each record (the same `MediaIn` model), so the client does not: it
+only parses each line as JSON (orjson) and posts the batch. Four batches are in flight at
+once: the next ones are parsed, sent and validated by the server while it writes the last. A
+batch the server refuses with 422 is validated here line by line; the malformed lines are
+reported with their number and the rest of the batch is sent again. The import streams, so a
+file of millions of lines is never held in memory; since a re-import is idempotent, fixing
+the bad lines and importing again adds just those.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from pydantic import ValidationError
 from api.schemas import MAX_BATCH_ITEMS, BatchResult, MediaIn
 from flows.client import BackfillClient, UnprocessableEntityError
 
-#: Batches sent at once: one being written by the server while the next travels.
-IN_FLIGHT = 2
+#: Batches sent at once: one being written while the server reads and validates the next.
+#: Measured (benchmarks.import_rate, 300k records, load 2-5, alternated): 4 instead of 2
+#: gave SQLite +44-60 % and PostgreSQL +20-40 % records/s at the same CPU per record.
+IN_FLIGHT = 4
 
 
 @dataclass
