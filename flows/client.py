@@ -568,6 +568,12 @@ class BackfillClient:
         """Register files; a known uri is reported as `existing`, not duplicated."""
         return self._post_batch(MediaRegisterResult, "/media", items, dry_run=False)
 
+    def register_media_values(self, items: Sequence[Mapping[str, Any]]) -> BatchResult:
+        """Register records given as JSON objects, sent as they are (the server validates
+        each one); the counts only. The bulk import's path: no model per item either way."""
+        body = {"items": list(items), "dry_run": False}
+        return self._call(BatchResult, "POST", "/media", body=body, idempotent=True)
+
     def list_media(
         self, *, after_id: int = 0, limit: int = MAX_PAGE_LIMIT, media_type: MediaType | None = None
     ) -> MediaPage:

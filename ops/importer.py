@@ -122,10 +122,9 @@ def _batches(records: Iterator[Line], size: int) -> Iterator[list[Line]]:
 
 
 def _post(client: BackfillClient, batch: list[Line]) -> BatchResult:
-    # BatchResult, not MediaRegisterResult: the counts are all an import reports, and
-    # building a model per item of the answer cost more than the rest of the client.
-    body = {"items": [line.value for line in batch], "dry_run": False}
-    return client._call(BatchResult, "POST", "/media", body=body, idempotent=True)
+    # The counts are all an import reports: building a model per item of the answer cost
+    # more than the rest of the client.
+    return client.register_media_values([line.value for line in batch])
 
 
 def send_batch(client: BackfillClient, batch: list[Line]) -> Outcome:
