@@ -11,7 +11,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from api.models import IdempotencyRecord
+from api.models import IDEMPOTENCY, IdempotencyRecord
 from api.services.errors import IdempotencyConflict
 
 M = TypeVar("M", bound=BaseModel)
@@ -58,8 +58,7 @@ def remember_response(session: Session, key: str, response: BaseModel) -> None:
 
 def purge_idempotency_keys(*, session: Session, older_than: datetime) -> int:
     """Forget keys created before `older_than`; returns how many went."""
-    table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
-    result = session.execute(delete(table).where(table.c.created_at < older_than))
+    result = session.execute(delete(IDEMPOTENCY).where(IDEMPOTENCY.c.created_at < older_than))
     session.commit()
     return int(getattr(result, "rowcount", 0) or 0)
 

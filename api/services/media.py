@@ -9,7 +9,7 @@ import orjson
 from sqlalchemy import Connection, literal_column, select
 from sqlmodel import Session, col
 
-from api.models import Media, uri_key, utcnow
+from api.models import MEDIA, Media, uri_key, utcnow
 from api.schemas import (
     BatchRequest,
     MediaIn,
@@ -18,8 +18,6 @@ from api.schemas import (
     MediaRegisterResult,
     MediaType,
 )
-
-MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,10 @@ def register_media(
     )
 
 
-#: Columns `register_media` writes, in the order of its VALUES rows.
+#: Columns `register_media` writes, in the order of its VALUES rows, and their PostgreSQL
+#: types (the JSON values are cast to them).
 _INSERTED = ("uri", "uri_key", "media_type", "size_bytes", "schema_version", "revision")
+_PG_TYPES = ("text", "varchar", "varchar", "bigint", "integer", "bigint")
 
 
 def _insert_new(conn: Connection, fresh: dict[str, tuple[object, ...]]) -> dict[str, int]:
@@ -112,10 +112,6 @@ def _insert_new(conn: Connection, fresh: dict[str, tuple[object, ...]]) -> dict[
         params += values
         params += (stamp, stamp)
     return dict(_fetch(conn, f"{head}VALUES {', '.join([row] * len(fresh))}{tail}", params))
-
-
-#: PostgreSQL types of the `_INSERTED` columns (the JSON values are cast to them).
-_PG_TYPES = ("text", "varchar", "varchar", "bigint", "integer", "bigint")
 
 
 def _ids_of(conn: Connection, keys: list[str]) -> dict[str, int]:

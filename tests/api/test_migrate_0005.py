@@ -13,11 +13,9 @@ from sqlmodel import Session
 
 from api.core.db import make_engine
 from api.migrate import alembic_config, upgrade
-from api.models import VERSION_COLUMNS, Media, uri_key, utcnow
+from api.models import MEDIA, VERSION_COLUMNS, uri_key, utcnow
 from api.schemas import BackfillKind, PendingFilter, ReprocessMode
 from api.services.work import PendingRequest, coverage, pending_query, scan_coverage
-
-MEDIA = Media.__table__  # type: ignore[attr-defined]
 
 
 def media_indexes(engine: Engine) -> dict[str, tuple[list[str], str | None]]:
