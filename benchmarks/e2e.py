@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.duration import make_wavs
-from benchmarks.hashing import ROOT, Bench, LocalApi, flow_env, local_api, prefect_env
+from benchmarks.hashing import ROOT, Bench, LocalApi, flow_env, local_api, prefect_env, run_python
 from flows.client import BackfillClient
 from ops.importer import import_media
 
@@ -59,22 +59,9 @@ def import_files(api: LocalApi, media_root: Path, durations: dict[Path, float]) 
 DEPLOYMENT = "media-duration/adhoc"
 
 
-def prefect(env: dict[str, str], *args: str, timeout: float = 600) -> str:
-    """`python -m prefect ARGS` from the project folder; its output, or an error with it."""
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"prefect {' '.join(args)} exited {done.returncode}:\n"
-            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-    return done.stdout
+def prefect(env: dict[str, str], *args: str) -> float:
+    """`python -m prefect ARGS` from the project folder: its wall seconds."""
+    return run_python(f"prefect {' '.join(args)}", "-m", "prefect", *args, env=env)[0]
 
 
 def deploy(env: dict[str, str]) -> None:
@@ -98,17 +85,17 @@ def pool_workers(
     procs = []
     try:
         for name in names:
-            log = (logdir / f"{name}.log").open("ab")
             command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "backfills"]
-            procs.append(
-                subprocess.Popen(
-                    [*command, "--name", name],
-                    cwd=ROOT,
-                    env=env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+            with (logdir / f"{name}.log").open("ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [*command, "--name", name],
+                        cwd=ROOT,
+                        env=env | {"PREFECT_WORKER_QUERY_SECONDS": "1"},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
                 )
-            )
         deadline = time.monotonic() + timeout
         while not set(names) <= online_workers(prefect_url):
             if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
@@ -129,9 +116,7 @@ def pool_workers(
 def backfill(env: dict[str, str], shards: int) -> float:
     """Seconds of `prefect deployment run media-duration/adhoc --param shards=N --watch`."""
     params = ["--param", f"shards={shards}", "--param", "batch_size=1000"]
-    started = time.perf_counter()
-    prefect(env, "deployment", "run", DEPLOYMENT, *params, "--watch", timeout=3600)
-    return time.perf_counter() - started
+    return prefect(env, "deployment", "run", DEPLOYMENT, *params, "--watch")
 
 
 def measure(bench: Bench, files: int = 100_000) -> dict[str, float]:
