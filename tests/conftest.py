@@ -1,5 +1,6 @@
 """Shared fixtures: a real database (SQLite file, or PostgreSQL when
-BACKFILL_TEST_DATABASE_URL names a server), the app over it, tokens, and a live uvicorn API."""
+BACKFILL_TEST_DATABASE_URL names a server), the app over it, tokens, a live uvicorn API, a
+media root, and Prefect's test server (one per xdist worker, whichever folder asks first)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -470,6 +472,56 @@ class LiveApi:
         self.start()
 
 
+class InThreadApi(LiveApi):
+    """The same app and the same real uvicorn on 127.0.0.1, served from a thread of the test
+    process instead of a child process: no interpreter start and no second import of the app
+    (about 2 s of CPU a test). It reads BACKFILL_* when it starts, as the process would; for
+    what only a process can do (SIGKILL, a leak check) use `LiveApi`."""
+
+    server: Any = None
+    thread: threading.Thread | None = None
+
+    def start(self, timeout: float | None = None) -> None:
+        import uvicorn
+
+        from api.core.config import Settings
+        from api.main import create_app
+
+        app = create_app(Settings(DATABASE_URL=self.database_url))
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name=f"uvicorn:{self.port}", daemon=True)
+        self.server, self.thread = server, thread
+        thread.start()
+        timeout = server_timeout() if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"uvicorn on port {self.port} did not start (port taken?)")
+            if time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise RuntimeError(
+                    f"uvicorn did not start in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT)"
+                )
+            time.sleep(0.01)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.server is not None and self.thread is not None:
+            self.server.should_exit = True
+            self.server.force_exit = kill
+            self.thread.join(timeout=30)
+            if self.thread.is_alive():
+                raise RuntimeError(f"uvicorn on port {self.port} did not stop in 30 s")
+        self.server = self.thread = None
+
+
 def migrated_live_api(folder: Path, db_name: str, admin: str = "admin") -> LiveApi:
     """A `LiveApi`, not started, over a new migrated SQLite file `db_name` in `folder`, with
     an admin token named `admin` and a reader token; it logs to folder/api.log."""
@@ -492,13 +544,56 @@ def live_api_over(url: str, folder: Path, admin: str = "admin") -> LiveApi:
 
 @pytest.fixture
 def live_api(tmp_path: Path) -> Iterator[LiveApi]:
-    """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn.
+    """A fresh SQLite database, migrated, with admin and reader tokens, served by uvicorn
+    (in a thread of this process: `InThreadApi`).
 
     One per test, not per session: a flow run some test leaves behind in a thread must not
     write into the next test's database (seen with a shared server under xdist)."""
-    api = migrated_live_api(tmp_path, "live.db")
+    made = migrated_live_api(tmp_path, "live.db")
+    api = InThreadApi(made.database_url, made.admin_token, made.reader_token)
     api.start()
     try:
         yield api
     finally:
         api.stop()
+        from api.core.db import engine_for
+
+        engine_for(api.database_url).dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """Start Prefect's test server once per session (on the deadline of
+    `prefect_server_timeout()`, from BACKFILL_TEST_SERVER_TIMEOUT); yield its API URL."""
+    timeout = int(prefect_server_timeout())
+    env = {
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(timeout),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    try:
+        with (
+            prefect_test_harness(server_startup_timeout=timeout),
+            # No crash-detection heartbeats here: joining their thread costs ~1 s per run.
+            temporary_settings(updates={"flows.heartbeat_frequency": None}),
+        ):
+            url = PREFECT_API_URL.value()
+            assert url
+            yield str(url)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def media_root(tmp_path: Path) -> Path:
+    root = tmp_path / "media"
+    root.mkdir()
+    return root

@@ -2,8 +2,8 @@
 
 One real API process for the session (uvicorn on 127.0.0.1, `tests.conftest.LiveApi`) over
 the session's database, emptied per test: a SQLite file, or PostgreSQL when BACKFILL_TEST_DATABASE_URL
-names a server. Prefect's test server (once per session), a media root, the client
-environment pointed at the API, and a plain read-only view of the database, so the tests
+names a server. The client environment pointed at the API (over tests/conftest.py's Prefect
+test server and media root), and a plain read-only view of the database, so the tests
 check what was really written rather than what the API says it wrote.
 """
 
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LiveApi, Tokens
-from tests.flows.conftest import media_root, prefect_api_url  # noqa: F401 - fixtures
 from tests.reliability.helpers import MAX_RETRIES, Db
 
 
