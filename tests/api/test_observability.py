@@ -3,12 +3,26 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from api.core.config import Settings
 from api.logging import configure_logging
+from api.main import create_app
 from tests.api.utils import register
+from tests.conftest import Tokens
+
+
+@pytest.fixture
+def fresh_client(tokens: Tokens, app_settings: Settings) -> Iterator[httpx.Client]:
+    """A client of an app of its own, whose metrics count from zero (the session's app has
+    counted every earlier test's requests)."""
+    with TestClient(create_app(app_settings), base_url="http://testserver/api/v1") as c:
+        c.headers.update(tokens.header("admin"))
+        yield c
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -21,7 +35,8 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_metrics_count_rows_per_kind(client: httpx.Client) -> None:
+def test_metrics_count_rows_per_kind(fresh_client: httpx.Client) -> None:
+    client = fresh_client
     ids = register(client, 3)
     items = [{"record_id": i, "duration": 1.0} for i in ids] + [
         {"record_id": 99999, "duration": 1.0}
