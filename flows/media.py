@@ -21,6 +21,7 @@ from typing import NamedTuple
 import httpx
 
 from api.schemas import PendingItem, is_url
+from flows.client import tls_context
 from flows.compute.errors import MediaError
 from flows.compute.leftovers import sweep
 from flows.settings import ClientSettings
@@ -112,7 +113,9 @@ def downloaded(
         try:
             with (
                 os.fdopen(fd, "wb") as out,
-                httpx.Client(transport=transport, timeout=policy.timeout) as http,
+                httpx.Client(
+                    transport=transport, timeout=policy.timeout, verify=tls_context()
+                ) as http,
                 _fetch(http, url, policy) as response,
             ):
                 declared = response.headers.get("Content-Length", "")
