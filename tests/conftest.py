@@ -113,7 +113,7 @@ ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 
 #: The tests on a real `prefect server start` are the longest chain of the suite, so they are two
 #: groups, each with a Prefect server, live API and worker of its own (tests/deploy/conftest.py),
-#: that two xdist workers run side by side: the modules named here, the others "prefect-server".
+#: that two of the xdist workers run side by side: the modules named here, the others "prefect-server".
 #: Balanced by their measured time (each half about 450 s at a load average of 8).
 PREFECT_SERVER_GROUPS = {
     "test_browser": "prefect-server-2",
@@ -169,7 +169,7 @@ def first_the_longest(items: list[pytest.Item]) -> None:
     the other xdist groups (races, the media corpus), the other `slow` tests, then the rest,
     each in collection order. `--dist loadgroup` (without its reorder, see pyproject.toml)
     hands the first group to one worker and the second to the other; a worker takes more only
-    when nearly done, and the many short tests at the end even out the two workers."""
+    when nearly done, and the many short tests at the end even out the workers."""
 
     def rank(item: pytest.Item) -> int:
         if (one_worker_group(item) or "").startswith("prefect-server"):
