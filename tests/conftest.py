@@ -364,7 +364,9 @@ def app_settings(database_url: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def session_app(database_url: str):  # type: ignore[no-untyped-def]
     """The app over the session's database, made once: its first request builds every route's
-    dependencies (FastAPI does it lazily), about 0.15 s that a new app per test paid again."""
+    dependencies (FastAPI does it lazily), about 0.15 s that a new app per test paid again.
+    It reads BACKFILL_* once, at its first use: a test that sets them makes an app of its
+    own from `app_settings`."""
     from api.core.config import Settings
     from api.main import create_app
 

@@ -3,36 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
-from api.core.config import Settings
-from api.main import create_app
-from tests.conftest import Tokens, free_port
+from tests.conftest import InThreadApi, Tokens
 
 #: A real uvicorn (in a thread) and hundreds of concurrent writes: ~15 s on 2 cores.
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def server(clean_db: Tokens, app_settings: Settings) -> Iterator[str]:
-    config = uvicorn.Config(
-        create_app(app_settings), host="127.0.0.1", port=free_port(), log_level="warning"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{config.port}/api/v1"
-    srv.should_exit = True
-    thread.join(10)
+def server(clean_db: Tokens, database_url: str) -> Iterator[str]:
+    """The app over the session's database, served by uvicorn in a thread (`InThreadApi`)."""
+    api = InThreadApi(database_url, clean_db.admin, clean_db.reader)
+    api.start()
+    try:
+        yield f"{api.url}/api/v1"
+    finally:
+        api.stop()
 
 
 def test_two_writers_lose_no_update(server: str, tokens: Tokens) -> None:
