@@ -4,19 +4,25 @@ media root, and Prefect's test server (one per xdist worker, whichever folder as
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -165,18 +171,22 @@ def one_worker_group(item: pytest.Item) -> str | None:
 
 
 def first_the_longest(items: list[pytest.Item]) -> None:
-    """Order the tests (in place) longest first, as far as known: the Prefect-server groups,
-    the other xdist groups (races, the media corpus), the other `slow` tests, then the rest,
-    each in collection order. `--dist loadgroup` (without its reorder, see pyproject.toml)
-    hands the first group to one worker and the second to the other; a worker takes more only
-    when nearly done, and the many short tests at the end even out the workers."""
+    """Order the tests (in place) longest first, as far as known: the Prefect-server groups;
+    then by the test's own `timeout` mark, longest first (a test that waits out a two-minute
+    outage must not start last); then the other xdist groups (races, the media corpus), the
+    other `slow` tests, and the rest, each in collection order. `--dist loadgroup` (without
+    its reorder, see pyproject.toml) hands the first group to one worker and the second to
+    the other; a worker takes more only when nearly done, and the many short tests at the end
+    even out the workers."""
 
-    def rank(item: pytest.Item) -> int:
+    def rank(item: pytest.Item) -> tuple[int, float, int]:
         if (one_worker_group(item) or "").startswith("prefect-server"):
-            return 0
+            return (0, 0, 0)
+        mark = item.get_closest_marker("timeout")
+        own = float(mark.args[0]) if mark and mark.args else 0.0
         if xdist_groups(item):
-            return 1
-        return 2 if item.get_closest_marker("slow") else 3
+            return (1, -own, 1)
+        return (1, -own, 2 if item.get_closest_marker("slow") else 3)
 
     items.sort(key=rank)
 
@@ -571,10 +581,79 @@ def live_api(tmp_path: Path) -> Iterator[LiveApi]:
         engine_for(api.database_url).dispose()
 
 
+def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder of the whole run, shared by its xdist workers (each has a
+    folder of its own inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def run_lock(root: Path, name: str) -> Iterator[None]:
+    """An exclusive lock, across the xdist workers of a run, on `name` in `root`."""
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def copy_sqlite(source: Path, target: Path) -> Path:
+    """A consistent copy of SQLite file `source` at `target` (the backup API, WAL or not)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return target
+
+
 @pytest.fixture(scope="session")
-def prefect_api_url() -> Iterator[str]:
+def prefect_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Prefect database migrated once per run (by the first xdist worker to ask; the others
+    wait on a lock), which every Prefect server of the tests starts from a copy of: a server
+    on a new database spends about 12 s of CPU migrating it (`prefect server database
+    upgrade`, Prefect's own command, makes it here). The demo's test keeps a new one: that is
+    what a user's first run does."""
+    root = run_root(tmp_path_factory)
+    template = root / "prefect-template" / "prefect.db"
+    with run_lock(root, "prefect-template"):
+        if not template.is_file():
+            building = template.with_name("building")
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir(parents=True)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env |= {"PREFECT_HOME": str(building), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            done = subprocess.run(
+                [
+                    str(Path(sys.executable).with_name("prefect")),
+                    "server",
+                    "database",
+                    "upgrade",
+                    "-y",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=prefect_server_timeout(),
+            )
+            if done.returncode != 0:
+                pytest.fail(
+                    f"prefect server database upgrade exited {done.returncode}:\n"
+                    f"{done.stdout}\n{done.stderr}"
+                )
+            copy_sqlite(building / "prefect.db", template)
+    return template
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_db_template: Path) -> Iterator[str]:
     """Start Prefect's test server once per session (on the deadline of
-    `prefect_server_timeout()`, from BACKFILL_TEST_SERVER_TIMEOUT); yield its API URL."""
+    `prefect_server_timeout()`, from BACKFILL_TEST_SERVER_TIMEOUT), over a copy of the migrated
+    template; yield its API URL."""
     timeout = int(prefect_server_timeout())
     env = {
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(timeout),
@@ -582,15 +661,27 @@ def prefect_api_url() -> Iterator[str]:
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+    import prefect.testing.utilities as harness
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
 
+    # The harness makes its database as <mkdtemp()>/prefect-test.db: hand it a folder that
+    # already holds a copy of the template.
+    folder = tempfile.mkdtemp(prefix="prefect-harness-")
+    database = copy_sqlite(prefect_db_template, Path(folder) / "prefect-test.db")
     try:
-        with (
-            prefect_test_harness(server_startup_timeout=timeout),
+        with ExitStack() as stack:
+            with mock.patch.object(harness, "mkdtemp", return_value=folder):
+                stack.enter_context(harness.prefect_test_harness(server_startup_timeout=timeout))
+            in_use = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
+            assert in_use.endswith(str(database)), (
+                f"the harness no longer uses {database}: {in_use}"
+            )
             # No crash-detection heartbeats here: joining their thread costs ~1 s per run.
-            temporary_settings(updates={"flows.heartbeat_frequency": None}),
-        ):
+            stack.enter_context(temporary_settings(updates={"flows.heartbeat_frequency": None}))
             url = PREFECT_API_URL.value()
             assert url
             yield str(url)

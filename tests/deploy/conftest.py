@@ -26,6 +26,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 from tests.conftest import (
     ROOT,
     LiveApi,
+    copy_sqlite,
     free_port,
     migrated_live_api,
     prefect_server_group,
@@ -76,6 +77,8 @@ class PrefectServer:
     """A real `prefect server start` on 127.0.0.1 with a PREFECT_HOME of its own."""
 
     home: Path
+    #: A migrated Prefect database its own database starts as a copy of (None: a new one).
+    template: Path | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
@@ -112,6 +115,9 @@ class PrefectServer:
         """Start the server and wait for `/health` (on a deadline of
         `prefect_server_timeout()` s); on any failure its process group is killed."""
         self.home.mkdir(parents=True, exist_ok=True)
+        database = self.home / "prefect.db"  # Prefect's default: $PREFECT_HOME/prefect.db
+        if self.template is not None and not database.exists():
+            copy_sqlite(self.template, database)
         self.log = (self.home / "server.log").open("ab")
         self.process = spawn(
             f"prefect server on port {self.port}",
@@ -262,8 +268,8 @@ def per_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerGroup]:
 
 
 @contextmanager
-def started_prefect_server(home: Path) -> Iterator[PrefectServer]:
-    server = PrefectServer(home=home)
+def started_prefect_server(home: Path, template: Path) -> Iterator[PrefectServer]:
+    server = PrefectServer(home=home, template=template)
     try:
         server.start()
         yield server
@@ -272,8 +278,12 @@ def started_prefect_server(home: Path) -> Iterator[PrefectServer]:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(per_group: PerGroup, request: pytest.FixtureRequest) -> PrefectServer:
-    return per_group.get(request, "prefect-home", started_prefect_server)
+def prefect_server(
+    per_group: PerGroup, request: pytest.FixtureRequest, prefect_db_template: Path
+) -> PrefectServer:
+    return per_group.get(
+        request, "prefect-home", lambda home: started_prefect_server(home, prefect_db_template)
+    )
 
 
 @pytest.fixture(autouse=True)

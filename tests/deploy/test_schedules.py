@@ -38,6 +38,10 @@ pytestmark = pytest.mark.e2e
 #: nightly runs are less than a day apart of nothing, so the minimum is what it creates).
 MIN_RUNS = 3
 
+#: Records of the paced run that holds a deployment's slot (one a second: at least this many
+#: seconds), longer than a flow-run process takes to start at a load average of 8.
+PACED_RECORDS = 20
+
 
 def scheduled_runs(client: Any, deployment_id: Any) -> list[Any]:
     from prefect.client.schemas.filters import (
@@ -164,30 +168,42 @@ def test_the_next_run_of_a_deployment_starts_once_the_slot_is_released(
     prefect_server: PrefectServer, worker: Worker, deploy_api: DeployApi
 ) -> None:
     deploy_api.reset()
-    deploy_api.register_files("slot", [64 + i for i in range(50)])
+    deploy_api.register_files("slot", [64 + i for i in range(PACED_RECORDS)])
     with prefect_server.client() as client:
         deployment = client.read_deployment_by_name("file-hashing/nightly")
-        # Two runs of the deployment at once (a nightly run and a hand-triggered one): the
-        # worker takes both in one poll, the server gives the slot (limit 1) to one of them.
-        runs = [
-            client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id
-            for parameters in ({"batch_size": 1, "concurrency": 1}, {"dry_run": True})
-        ]
+
+        def state_of(run_id: Any) -> Any:
+            return client.read_flow_run(run_id).state
+
+        # The first run holds the deployment's slot (limit 1) for at least PACED_RECORDS s:
+        # it is paced at one record a second. Only once it runs is the second one created
+        # (a hand-triggered run during the nightly one), so the second finds the slot taken
+        # however long its process takes to start: a dry run that, started at once, could
+        # otherwise finish before the first one even asked for the slot.
+        first = client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"batch_size": 1, "concurrency": 1, "max_records_per_second": 1},
+        ).id
+        wait_for("the first run to start", lambda: state_of(first).is_running(), 2 * RUN_TIMEOUT)
+        second = client.create_flow_run_from_deployment(
+            deployment.id, parameters={"dry_run": True}
+        ).id
 
         def finished(run_id: Any) -> Any:
             run = client.read_flow_run(run_id)
             return run if run.state is not None and run.state.is_final() else None
 
-        done = [wait_for("both runs", partial(finished, r), 2 * RUN_TIMEOUT, 0.5) for r in runs]
+        done = [
+            wait_for("both runs", partial(finished, r), 2 * RUN_TIMEOUT, 0.5)
+            for r in (first, second)
+        ]
         assert [run.state.name for run in done] == ["Completed", "Completed"]
-        histories = [[s.name for s in client.read_flow_run_states(r)] for r in runs]
-        waited = [i for i, names in enumerate(histories) if "AwaitingConcurrencySlot" in names]
-        # Exactly one waited for the slot, and started only after the other had ended: the
+        histories = [[s.name for s in client.read_flow_run_states(r)] for r in (first, second)]
+        # The second waited for the slot and started only after the first had ended: the
         # slot was held, then released, and the waiting run took it.
-        assert len(waited) == 1, histories
-        second, first = done[waited[0]], done[1 - waited[0]]
-        assert "AwaitingConcurrencySlot" not in histories[1 - waited[0]]
-        assert second.start_time >= first.end_time
+        assert "AwaitingConcurrencySlot" not in histories[0], histories
+        assert "AwaitingConcurrencySlot" in histories[1], histories
+        assert done[1].start_time >= done[0].end_time
         # Nothing holds the deployment's slot once both are done.
         limit = client.read_deployment_by_name("file-hashing/nightly").global_concurrency_limit
         assert limit is not None and limit.limit == 1 and limit.active_slots == 0
