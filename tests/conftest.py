@@ -5,6 +5,7 @@ media root, and Prefect's test server (one per xdist worker, whichever folder as
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -18,11 +19,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import httpx
 import pytest
@@ -270,6 +270,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         workeroutput["leftovers"] = found
         return
     found += WORKER_LEFTOVERS
+    try:  # the run's Prefect test server outlives the worker that started it: stop it now
+        stop_prefect_harness(run_root(session.config))
+    except RuntimeError as exc:
+        found.append(f"  the Prefect test server: {exc}")
     if not found:
         return
     message = "processes started by the tests were still running; killed them:\n" + "\n".join(found)
@@ -581,11 +585,39 @@ def live_api(tmp_path: Path) -> Iterator[LiveApi]:
         engine_for(api.database_url).dispose()
 
 
-def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The temporary folder of the whole run, shared by its xdist workers (each has a
-    folder of its own inside it)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+#: The folder of the whole run (`run_root`), made by the controller (or the only process).
+RUN_ROOT = pytest.StashKey[Path]()
+
+#: Where `prefect_api_url` records the run's one Prefect test server (its URL and pid).
+HARNESS_RECORD = "prefect-harness.json"
+
+#: The migrated Prefect database every Prefect server of the run starts from a copy of.
+TEMPLATE = "prefect-template.db"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the xdist controller, or a run without xdist
+        config.stash[RUN_ROOT] = Path(tempfile.mkdtemp(prefix="backfill-tests-"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: tell each worker the run's folder."""
+    node.workerinput["backfill_run_root"] = str(node.config.stash[RUN_ROOT])
+
+
+def run_root(config: pytest.Config) -> Path:
+    """A folder shared by every xdist worker of the run, removed when the run ends: what
+    they share (the Prefect database template, the Prefect test server) lives there."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return Path(workerinput["backfill_run_root"])
+    return config.stash[RUN_ROOT]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if RUN_ROOT in config.stash:
+        shutil.rmtree(config.stash[RUN_ROOT], ignore_errors=True)
 
 
 @contextmanager
@@ -611,86 +643,124 @@ def copy_sqlite(source: Path, target: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def prefect_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Prefect database migrated once per run (by the first xdist worker to ask; the others
-    wait on a lock), which every Prefect server of the tests starts from a copy of: a server
-    on a new database spends about 12 s of CPU migrating it (`prefect server database
-    upgrade`, Prefect's own command, makes it here). The demo's test keeps a new one: that is
-    what a user's first run does."""
-    root = run_root(tmp_path_factory)
-    template = root / "prefect-template" / "prefect.db"
-    with run_lock(root, "prefect-template"):
-        if not template.is_file():
-            building = template.with_name("building")
-            shutil.rmtree(building, ignore_errors=True)
-            building.mkdir(parents=True)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-            env |= {"PREFECT_HOME": str(building), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-            done = subprocess.run(
-                [
-                    str(Path(sys.executable).with_name("prefect")),
-                    "server",
-                    "database",
-                    "upgrade",
-                    "-y",
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=prefect_server_timeout(),
-            )
-            if done.returncode != 0:
-                pytest.fail(
-                    f"prefect server database upgrade exited {done.returncode}:\n"
-                    f"{done.stdout}\n{done.stderr}"
-                )
-            copy_sqlite(building / "prefect.db", template)
-    return template
+def prefect_env(home: Path, **extra: str) -> dict[str, str]:
+    """This environment without PREFECT_*, with PREFECT_HOME `home` and no analytics."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 
-@pytest.fixture(scope="session")
-def prefect_api_url(prefect_db_template: Path) -> Iterator[str]:
-    """Start Prefect's test server once per session (on the deadline of
-    `prefect_server_timeout()`, from BACKFILL_TEST_SERVER_TIMEOUT), over a copy of the migrated
-    template; yield its API URL."""
-    timeout = int(prefect_server_timeout())
-    env = {
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(timeout),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import prefect.testing.utilities as harness
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        temporary_settings,
+def start_prefect_harness(folder: Path) -> dict[str, Any]:
+    """Start the server `prefect_test_harness` starts (Prefect's API in ephemeral mode: no UI,
+    only the services an ephemeral server runs) over a new database in `folder`, in a session
+    of its own; wait for its /health on the deadline of `prefect_server_timeout()`. Its URL
+    and pid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    database = folder / "prefect.db"
+    port = free_port()
+    env = prefect_env(
+        folder,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}",
+        PREFECT_UI_ENABLED="0",
+        # What prefect.server.api.server.SubprocessASGIServer (the harness's server) sets.
+        PREFECT__SERVER_EPHEMERAL="1",
+        PREFECT__SERVER_FINAL="1",
     )
-
-    # The harness makes its database as <mkdtemp()>/prefect-test.db: hand it a folder that
-    # already holds a copy of the template.
-    folder = tempfile.mkdtemp(prefix="prefect-harness-")
-    database = copy_sqlite(prefect_db_template, Path(folder) / "prefect-test.db")
-    try:
-        with ExitStack() as stack:
-            with mock.patch.object(harness, "mkdtemp", return_value=folder):
-                stack.enter_context(harness.prefect_test_harness(server_startup_timeout=timeout))
-            in_use = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
-            assert in_use.endswith(str(database)), (
-                f"the harness no longer uses {database}: {in_use}"
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]
+    log_path = folder / "server.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, start_new_session=True, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    timeout = prefect_server_timeout()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return {"url": url, "pid": process.pid}
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_session(process.pid)
+            pytest.fail(
+                f"the Prefect test server did not answer in {timeout:.0f} s "
+                f"(BACKFILL_TEST_SERVER_TIMEOUT); {log_path}:\n{log_tail(log_path)}"
             )
-            # No crash-detection heartbeats here: joining their thread costs ~1 s per run.
-            stack.enter_context(temporary_settings(updates={"flows.heartbeat_frequency": None}))
-            url = PREFECT_API_URL.value()
-            assert url
-            yield str(url)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        time.sleep(0.2)
+
+
+def stop_session(sid: int, timeout: float = 20.0) -> None:
+    """SIGTERM every process of session `sid` (one this process need not be the parent of),
+    SIGKILL what is left after `timeout` s; return once none is alive."""
+    deadline = time.monotonic() + timeout
+    sig = signal.SIGTERM
+    while members := session_members(sid):
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline + timeout:
+            raise RuntimeError(f"processes of session {sid} survive SIGKILL: {members}")
+        time.sleep(0.1)
+
+
+def stop_prefect_harness(root: Path) -> None:
+    """Stop the run's Prefect test server, if one was started (the run is over: no worker
+    uses it any more)."""
+    record = root / HARNESS_RECORD
+    if record.is_file():
+        stop_session(json.loads(record.read_text())["pid"])
+        record.unlink()
+
+
+def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
+    """The run's one Prefect test server (its URL and pid), started by the first xdist worker
+    to ask (the others wait on a lock and find it in the run's folder); it outlives that
+    worker, and the run stops it at its very end (`pytest_sessionfinish` of the controller).
+
+    Right after it has migrated its new database, a copy is kept as the template every other
+    Prefect server of the run starts from (`prefect_db_template`): migrating a new database
+    costs about 12 s of CPU a server."""
+    root = run_root(config)
+    record = root / HARNESS_RECORD
+    with run_lock(root, "prefect-harness"):
+        if not record.is_file():
+            folder = root / "prefect-harness"
+            started = start_prefect_harness(folder)
+            copy_sqlite(folder / "prefect.db", root / TEMPLATE)
+            record.write_text(json.dumps(started))
+        return dict(json.loads(record.read_text()))
+
+
+@pytest.fixture(scope="session")
+def prefect_db_template(request: pytest.FixtureRequest) -> Path:
+    """A migrated Prefect database to copy (see `shared_prefect_server`). The demo's test
+    starts from a new one: that is what a user's first run does."""
+    shared_prefect_server(request.config)
+    return run_root(request.config) / TEMPLATE
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The API URL of the run's Prefect test server (`shared_prefect_server`: one for the
+    whole run, however many xdist workers; one per worker cost each a start, about 5 s of CPU,
+    and its idle loops), set as PREFECT_API_URL for the session."""
+    url = str(shared_prefect_server(request.config)["url"])
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        # No crash-detection heartbeats here: joining their thread costs ~1 s per run.
+        temporary_settings(updates={PREFECT_API_URL: url, "flows.heartbeat_frequency": None}),
+        # Threads a test starts read the process-wide settings, not this context's: set both
+        # (what prefect_test_harness does).
+        _temporary_global_settings_context(get_settings_context()),
+    ):
+        yield url
 
 
 @pytest.fixture

@@ -13,12 +13,14 @@ import sqlite3
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -27,6 +29,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    FlowRunFilterTags,
     TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
@@ -146,11 +149,13 @@ def in_background(work: Callable[[], Any]) -> Callable[[], Any]:
     return join
 
 
-def wait_paused(flow_name: str) -> Any:
-    """The flow run of `flow_name` that is Paused, once it is."""
+def wait_paused(flow_name: str, tag: str) -> Any:
+    """The flow run of `flow_name` tagged `tag` that is Paused, once it is (the run's Prefect
+    server is shared by the xdist workers: another test may have a run of the flow paused)."""
     deadline = time.monotonic() + PAUSE_DEADLINE
     paused = FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
+        tags=FlowRunFilterTags(all_=[tag]),
     )
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
@@ -207,7 +212,7 @@ def test_half_corrupt_corpus_pauses_and_resume_continues_with_nothing_redone(
 
     def operator() -> dict[str, Any]:
         """Wait for the pause, read what the run says, repair the files, resume it."""
-        run = wait_paused("media-duration")
+        run = wait_paused("media-duration", tag)
         seen = {"id": run.id, "state": run.state.name, "message": run.state.message}
         seen["paused_artifact"] = artifact(run.id, "media-duration-paused")
         failed = {r for (r,) in query(client_env, "SELECT record_id FROM backfill_failures")}
@@ -226,17 +231,19 @@ def test_half_corrupt_corpus_pauses_and_resume_continues_with_nothing_redone(
         seen["resume"] = (done.returncode, done.stdout + done.stderr)
         return seen
 
+    tag = f"test-{uuid.uuid4().hex[:8]}"
     join = in_background(operator)
-    state = media_duration(
-        batch_size=10,
-        concurrency=2,
-        pause_window=40,
-        pause_failure_ratio=0.5,
-        pause_failed_chunks=0,
-        max_failure_ratio=0.5,
-        verify_sample=1.0,
-        return_state=True,
-    )
+    with tags(tag):
+        state = media_duration(
+            batch_size=10,
+            concurrency=2,
+            pause_window=40,
+            pause_failure_ratio=0.5,
+            pause_failed_chunks=0,
+            max_failure_ratio=0.5,
+            verify_sample=1.0,
+            return_state=True,
+        )
     seen = join()
 
     # It paused itself, on the Prefect server, with the reason and the top errors.
