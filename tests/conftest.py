@@ -237,6 +237,15 @@ def pytest_collection_modifyitems(
     if getattr(config.option, "loadgroup", False):
         first_the_longest(items)
         apply_xdist_groups(items)
+    LAST_OF_GROUP.clear()
+    for item in items:
+        if group := one_worker_group(item):
+            LAST_OF_GROUP[group] = item.nodeid
+
+
+#: The id of the last test (in run order) of each `ONE_WORKER` group: what the group shares
+#: can be stopped once it is done (tests/deploy/conftest.py), not only when the session ends.
+LAST_OF_GROUP: dict[str, str] = {}
 
 
 #: Leftover reports of the xdist workers, collected by the controller (`pytest_testnodedown`).
@@ -271,7 +280,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     found += WORKER_LEFTOVERS
     try:  # the run's Prefect test server outlives the worker that started it: stop it now
-        stop_prefect_harness(run_root(session.config))
+        if RUN_ROOT in session.config.stash:
+            stop_prefect_harness(session.config.stash[RUN_ROOT])
     except RuntimeError as exc:
         found.append(f"  the Prefect test server: {exc}")
     if not found:

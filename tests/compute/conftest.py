@@ -135,6 +135,10 @@ def _write_video(path: Path, *, with_audio: bool) -> Video:
         audio=with_audio,
         audio_codec="aac",
         audio_fps=VIDEO_AUDIO_RATE,
+        # Beside the video: moviepy's default is <name>TEMP_MPY_wvf_snd.mp4 in the current
+        # folder (the repository), where two xdist workers writing tone.mp4 at once deleted
+        # each other's.
+        temp_audiofile=str(path.with_name(f"{path.stem}-audio.m4a")),
         logger=None,
     )
     clip.close()

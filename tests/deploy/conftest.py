@@ -1,8 +1,8 @@
 """Fixtures for the deployment tests: a real `prefect server start` (with its UI), a live API
 on its own SQLite file, the `backfills` pool with every deployment of prefect.yaml, and a
 process worker started from the project folder: one of each per Prefect-server group
-(`tests.conftest.PREFECT_SERVER_GROUPS`), started at its first use, stopped at the session's
-end, so the two groups never share a server even when one xdist worker runs both."""
+(`tests.conftest.PREFECT_SERVER_GROUPS`), started at its first use, stopped after the group's
+last test, so the two groups never share a server even when one xdist worker runs both."""
 
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from tests.conftest import (
+    LAST_OF_GROUP,
     ROOT,
     LiveApi,
     copy_sqlite,
     free_port,
     migrated_live_api,
+    one_worker_group,
     prefect_server_group,
     prefect_server_timeout,
     server_timeout,
@@ -229,14 +231,14 @@ class PrefectServer:
 
 class PerGroup:
     """What the tests of one Prefect-server group share, made at its first use (by a context
-    manager, given a folder of its own) and kept until the session ends; a failure to make it
-    is kept too, so the next test of the group fails at once instead of waiting out the
+    manager, given a folder of its own) and kept until the group's last test is done; a failure
+    to make it is kept too, so the next test of the group fails at once instead of waiting out the
     deadline again."""
 
     def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         self.tmp_path_factory = tmp_path_factory
         self.made: dict[tuple[str, str], Any] = {}
-        self.exits = ExitStack()
+        self.exits: dict[str, ExitStack] = {}
 
     def get(
         self,
@@ -250,7 +252,8 @@ class PerGroup:
         if key not in self.made:
             try:
                 folder = self.tmp_path_factory.mktemp(f"{group}-{what}")
-                self.made[key] = self.exits.enter_context(make(folder))
+                exits = self.exits.setdefault(group, ExitStack())
+                self.made[key] = exits.enter_context(make(folder))
             except (Exception, pytest.fail.Exception) as exc:
                 self.made[key] = exc
                 raise
@@ -259,12 +262,36 @@ class PerGroup:
             pytest.fail(f"{what} of group {group} could not be started: {value!r}")
         return value  # type: ignore[no-any-return]
 
+    def stop(self, group: str) -> None:
+        """Stop what `group` shares, in the reverse order: worker, API, then the server."""
+        self.exits.pop(group, ExitStack()).close()
+        self.made = {key: value for key, value in self.made.items() if key[0] != group}
+
+
+#: The session's `PerGroup`, for `pytest_runtest_teardown`.
+SHARED: list[PerGroup] = []
+
 
 @pytest.fixture(scope="session")
 def per_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerGroup]:
     shared = PerGroup(tmp_path_factory)
-    with shared.exits:  # stopped in the reverse order: workers, APIs, then the servers
+    SHARED.append(shared)
+    try:
         yield shared
+    finally:
+        SHARED.remove(shared)
+        for group in list(shared.exits):
+            shared.stop(group)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Stop a group's Prefect server, API and worker after its last test, not at the end of
+    the session: idle, they still cost CPU (the server's loops poll its database) while the
+    other tests run."""
+    group = one_worker_group(item)
+    if SHARED and group is not None and LAST_OF_GROUP.get(group) == item.nodeid:
+        SHARED[0].stop(group)
 
 
 @contextmanager
