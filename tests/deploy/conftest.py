@@ -130,6 +130,10 @@ class PrefectServer:
                 PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS=str(SCHEDULER_LOOP_SECONDS),
                 # A run refused the deployment's slot tries again after 5 s (default 30).
                 PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5",
+                # A write refused an API-limit slot asks again within 5 s, not 30: the server's
+                # Retry-After grows with the waiters and the slots' average hold, both larger
+                # on a loaded machine (one test's 8 serialised writes took 130 s at -n 4).
+                PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="5",
             ),
             stdout=self.log,
             stderr=subprocess.STDOUT,
