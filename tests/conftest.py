@@ -1,6 +1,6 @@
 """Shared fixtures: a real database (SQLite file, or PostgreSQL when
 BACKFILL_TEST_DATABASE_URL names a server), the app over it, tokens, a live uvicorn API, a
-media root, and Prefect's test server (one per xdist worker, whichever folder asks first)."""
+media root, and Prefect's test server (one for the whole run, shared by the xdist workers)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def stop_group(
 #: Session fixtures too costly to start in every xdist worker, each with the group of the tests
 #: that use it (directly or through another fixture, so a new test follows without a mark): a
 #: group runs in one worker (`--dist loadgroup`, see pyproject.toml), the other tests are spread.
-#: Prefect's in-process test harness (`prefect_api_url`) is cheap enough to start once per worker.
+#: Prefect's test server (`prefect_api_url`) is shared by every worker instead (one per run).
 ONE_WORKER = {"prefect_server": "prefect-server", "race_api": "races"}
 
 #: The tests on a real `prefect server start` are the longest chain of the suite, so they are two
@@ -237,15 +237,20 @@ def pytest_collection_modifyitems(
     if getattr(config.option, "loadgroup", False):
         first_the_longest(items)
         apply_xdist_groups(items)
-    LAST_OF_GROUP.clear()
-    for item in items:
-        if group := one_worker_group(item):
-            LAST_OF_GROUP[group] = item.nodeid
 
 
 #: The id of the last test (in run order) of each `ONE_WORKER` group: what the group shares
 #: can be stopped once it is done (tests/deploy/conftest.py), not only when the session ends.
 LAST_OF_GROUP: dict[str, str] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Note the last test of each group in the final order (after every plugin has reordered,
+    `--ff` and `--nf` included)."""
+    LAST_OF_GROUP.clear()
+    for item in session.items:
+        if group := one_worker_group(item):
+            LAST_OF_GROUP[group] = item.nodeid
 
 
 #: Leftover reports of the xdist workers, collected by the controller (`pytest_testnodedown`).
@@ -612,8 +617,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """xdist controller: tell each worker the run's folder."""
+    """xdist controller: tell each worker the run's folder and the pid that owns the run."""
     node.workerinput["backfill_run_root"] = str(node.config.stash[RUN_ROOT])
+    node.workerinput["backfill_run_owner"] = os.getpid()
+
+
+def run_owner(config: pytest.Config) -> int:
+    """The pid of the process that owns the run: the xdist controller, or this process."""
+    workerinput = getattr(config, "workerinput", None)
+    return int(workerinput["backfill_run_owner"]) if workerinput is not None else os.getpid()
 
 
 def run_root(config: pytest.Config) -> Path:
@@ -659,11 +671,12 @@ def prefect_env(home: Path, **extra: str) -> dict[str, str]:
     return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 
-def start_prefect_harness(folder: Path) -> dict[str, Any]:
+def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, Any]:
     """Start the server `prefect_test_harness` starts (Prefect's API in ephemeral mode: no UI,
     only the services an ephemeral server runs) over a new database in `folder`, in a session
-    of its own; wait for its /health on the deadline of `prefect_server_timeout()`. Its URL
-    and pid."""
+    of its own, exiting by itself once process `owner` is gone (tests/prefect_test_server.py);
+    its pid goes into `record` at once, its URL once its /health answers (on the deadline of
+    `prefect_server_timeout()`). On any failure, an interrupt included, it is stopped."""
     folder.mkdir(parents=True, exist_ok=True)
     database = folder / "prefect.db"
     port = free_port()
@@ -675,29 +688,37 @@ def start_prefect_harness(folder: Path) -> dict[str, Any]:
         PREFECT__SERVER_EPHEMERAL="1",
         PREFECT__SERVER_FINAL="1",
     )
-    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]
+    script = Path(__file__).with_name("prefect_test_server.py")
     log_path = folder / "server.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, start_new_session=True, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, str(script), str(owner), str(port)],
+            start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
+    started: dict[str, Any] = {"pid": process.pid}
+    record.write_text(json.dumps(started))  # from now on the run's end stops it, whatever happens
     url = f"http://127.0.0.1:{port}/api"
     timeout = prefect_server_timeout()
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return {"url": url, "pid": process.pid}
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_session(process.pid)
-            pytest.fail(
-                f"the Prefect test server did not answer in {timeout:.0f} s "
-                f"(BACKFILL_TEST_SERVER_TIMEOUT); {log_path}:\n{log_tail(log_path)}"
-            )
-        time.sleep(0.2)
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return started | {"url": url}
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Prefect test server did not answer in {timeout:.0f} s "
+                    f"(BACKFILL_TEST_SERVER_TIMEOUT); {log_path}:\n{log_tail(log_path)}"
+                )
+            time.sleep(0.2)
+    except BaseException:
+        stop_session(process.pid)
+        raise
 
 
 def stop_session(sid: int, timeout: float = 20.0) -> None:
@@ -723,7 +744,9 @@ def stop_prefect_harness(root: Path) -> None:
     uses it any more)."""
     record = root / HARNESS_RECORD
     if record.is_file():
-        stop_session(json.loads(record.read_text())["pid"])
+        pid = json.loads(record.read_text()).get("pid")
+        if pid is not None:
+            stop_session(pid)
         record.unlink()
 
 
@@ -740,10 +763,19 @@ def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
     with run_lock(root, "prefect-harness"):
         if not record.is_file():
             folder = root / "prefect-harness"
-            started = start_prefect_harness(folder)
-            copy_sqlite(folder / "prefect.db", root / TEMPLATE)
+            try:
+                started = start_prefect_harness(folder, run_owner(config), record)
+                copy_sqlite(folder / "prefect.db", root / TEMPLATE)
+            except Exception as exc:
+                stop_prefect_harness(root)  # one that answered, but could not be copied
+                # The next worker to ask fails at once instead of waiting out the deadline again.
+                record.write_text(json.dumps({"error": str(exc)}))
+                raise
             record.write_text(json.dumps(started))
-        return dict(json.loads(record.read_text()))
+        shared = dict(json.loads(record.read_text()))
+    if "error" in shared:
+        pytest.fail(f"the run's Prefect test server could not be started: {shared['error']}")
+    return shared
 
 
 @pytest.fixture(scope="session")
@@ -771,6 +803,20 @@ def prefect_api_url(request: pytest.FixtureRequest) -> Iterator[str]:
         _temporary_global_settings_context(get_settings_context()),
     ):
         yield url
+        drain_prefect_queues()
+
+
+def drain_prefect_queues() -> None:
+    """Send what this process still queues for the Prefect server (logs, events) while the
+    server is up, as `prefect_test_harness` does before stopping its server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.instance().drain()
+    except RuntimeError:  # never started in this process
+        pass
+    EventsWorker.drain_all()
 
 
 @pytest.fixture

@@ -243,6 +243,8 @@ class PerGroup:
         self.tmp_path_factory = tmp_path_factory
         self.made: dict[tuple[str, str], Any] = {}
         self.exits: dict[str, ExitStack] = {}
+        #: Groups whose last test is done (`LAST_OF_GROUP`).
+        self.stopped: set[str] = set()
 
     def get(
         self,
@@ -252,6 +254,8 @@ class PerGroup:
     ) -> T:
         """`what` of the group of the requesting test module."""
         group = prefect_server_group(request.module.__name__)
+        if group in self.stopped:  # the order of the tests changed after the collection
+            pytest.fail(f"group {group} was stopped after {LAST_OF_GROUP[group]}, its last test")
         key = (group, what)
         if key not in self.made:
             try:
@@ -268,6 +272,7 @@ class PerGroup:
 
     def stop(self, group: str) -> None:
         """Stop what `group` shares, in the reverse order: worker, API, then the server."""
+        self.stopped.add(group)
         self.exits.pop(group, ExitStack()).close()
         self.made = {key: value for key, value in self.made.items() if key[0] != group}
 
@@ -288,14 +293,17 @@ def per_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerGroup]:
             shared.stop(group)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """Stop a group's Prefect server, API and worker after its last test, not at the end of
-    the session: idle, they still cost CPU (the server's loops poll its database) while the
-    other tests run."""
-    group = one_worker_group(item)
-    if SHARED and group is not None and LAST_OF_GROUP.get(group) == item.nodeid:
-        SHARED[0].stop(group)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Stop a group's Prefect server, API and worker after its last test (even when that
+    test's teardown fails), not at the end of the session: idle, they still cost CPU (the
+    server's loops poll its database) while the other tests run."""
+    try:
+        return (yield)
+    finally:
+        group = one_worker_group(item)
+        if SHARED and group is not None and LAST_OF_GROUP.get(group) == item.nodeid:
+            SHARED[0].stop(group)
 
 
 @contextmanager

@@ -184,7 +184,13 @@ def test_the_next_run_of_a_deployment_starts_once_the_slot_is_released(
             deployment.id,
             parameters={"batch_size": 1, "concurrency": 1, "max_records_per_second": 1},
         ).id
-        wait_for("the first run to start", lambda: state_of(first).is_running(), 2 * RUN_TIMEOUT)
+
+        def running_or_over() -> Any:
+            state = state_of(first)
+            return state if state.is_running() or state.is_final() else None
+
+        started = wait_for("the first run to start", running_or_over, 2 * RUN_TIMEOUT)
+        assert started.is_running(), f"the first run ended before it was seen running: {started}"
         second = client.create_flow_run_from_deployment(
             deployment.id, parameters={"dry_run": True}
         ).id
