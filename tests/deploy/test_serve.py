@@ -66,8 +66,10 @@ def test_serve_registers_every_deployment_and_runs_them(
                     return None
             return found if all(d.work_pool_name is None for d in found) else None
 
+        # Once a second: a look is one API call per deployment, which at the default 0.2 s
+        # kept the server busy while serve, on the same cores, was starting.
         deployments = wait_for(
-            "serve to register its deployments", served, timeout=prefect_server_timeout()
+            "serve to register its deployments", served, timeout=prefect_server_timeout(), every=1
         )
         for spec, deployment in zip(specs, deployments, strict=True):
             assert deployment.entrypoint == spec.entrypoint  # type: ignore[attr-defined]
