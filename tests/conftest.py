@@ -98,16 +98,7 @@ def stop_group(
         except ProcessLookupError:
             process.wait(timeout=timeout)
     # Children that outlived their parent (same session id as the leader's pid).
-    deadline = time.monotonic() + timeout
-    while session_members(process.pid):
-        for pid in session_members(process.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes of session {process.pid} survive SIGKILL")
-        time.sleep(0.05)
+    stop_session(process.pid, timeout, kill=True)
     STARTED.pop(process.pid, None)
 
 
@@ -653,7 +644,7 @@ def run_lock(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def copy_sqlite(source: Path, target: Path) -> Path:
+def copy_sqlite(source: Path, target: Path) -> None:
     """A consistent copy of SQLite file `source` at `target` (the backup API, WAL or not)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     src, dst = sqlite3.connect(source), sqlite3.connect(target)
@@ -662,12 +653,16 @@ def copy_sqlite(source: Path, target: Path) -> Path:
     finally:
         src.close()
         dst.close()
-    return target
 
 
 def prefect_env(home: Path, **extra: str) -> dict[str, str]:
-    """This environment without PREFECT_*, with PREFECT_HOME `home` and no analytics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    """This environment without PREFECT_*, BACKFILL_* and database URLs, with PREFECT_HOME
+    `home` and no analytics: what a Prefect server or CLI of the tests runs with."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "BACKFILL_")) and "DATABASE" not in k
+    }
     return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 
@@ -721,22 +716,20 @@ def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, A
         raise
 
 
-def stop_session(sid: int, timeout: float = 20.0) -> None:
-    """SIGTERM every process of session `sid` (one this process need not be the parent of),
-    SIGKILL what is left after `timeout` s; return once none is alive."""
-    deadline = time.monotonic() + timeout
-    sig = signal.SIGTERM
+def stop_session(sid: int, timeout: float = 20.0, *, kill: bool = False) -> None:
+    """SIGTERM (SIGKILL when `kill`) every process of session `sid` (one this process need not
+    be the parent of), SIGKILL what is left after `timeout` s; return once none is alive."""
+    kill_at = time.monotonic() + (0 if kill else timeout)
     while members := session_members(sid):
-        if time.monotonic() > deadline:
-            sig = signal.SIGKILL
+        now = time.monotonic()
+        if now > kill_at + timeout:
+            raise RuntimeError(f"processes of session {sid} survive SIGKILL: {members}")
         for pid in members:
             try:
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGKILL if now >= kill_at else signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        if time.monotonic() > deadline + timeout:
-            raise RuntimeError(f"processes of session {sid} survive SIGKILL: {members}")
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def stop_prefect_harness(root: Path) -> None:

@@ -31,6 +31,7 @@ from tests.conftest import (
     free_port,
     migrated_live_api,
     one_worker_group,
+    prefect_env,
     prefect_server_group,
     prefect_server_timeout,
     server_timeout,
@@ -97,21 +98,17 @@ class PrefectServer:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a Prefect CLI or worker talking to this server."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("PREFECT_", "BACKFILL_")) and "DATABASE" not in k
-        }
-        env |= {
-            "PREFECT_HOME": str(self.home),
-            "PREFECT_API_URL": self.api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_CLI_PROMPT": "false",
-            "PREFECT_CLI_COLORS": "false",
-            "PREFECT_CLI_WRAP_LINES": "false",
-            "PWD": str(ROOT),
-        }
-        return env | extra
+        return (
+            prefect_env(
+                self.home,
+                PREFECT_API_URL=self.api_url,
+                PREFECT_CLI_PROMPT="false",
+                PREFECT_CLI_COLORS="false",
+                PREFECT_CLI_WRAP_LINES="false",
+                PWD=str(ROOT),
+            )
+            | extra
+        )
 
     def start(self, timeout: float | None = None) -> None:
         """Start the server and wait for `/health` (on a deadline of
@@ -274,7 +271,6 @@ class PerGroup:
         """Stop what `group` shares, in the reverse order: worker, API, then the server."""
         self.stopped.add(group)
         self.exits.pop(group, ExitStack()).close()
-        self.made = {key: value for key, value in self.made.items() if key[0] != group}
 
 
 #: The session's `PerGroup`, for `pytest_runtest_teardown`.
