@@ -359,6 +359,9 @@ class BackfillClient:
         # When the API stopped answering (None while it answers): one WARNING as it goes,
         # one INFO as it comes back, however many calls and retries wait in between.
         self._outage_since: float | None = None
+        #: Outages noted so far: a request sent before the current one began (a concurrent
+        #: call's) may still succeed after it began; that says nothing of the API now.
+        self._outages = 0
         self._outage_lock = threading.Lock()
 
     @classmethod
@@ -427,6 +430,7 @@ class BackfillClient:
         deadline: float | None = None  # set at the first failure of this call
         while True:
             error: APIError
+            outages = self._outages  # before sending: which outage this answer can end
             try:
                 response = self._http.request(
                     method, path, params=query, content=content, headers=headers
@@ -445,11 +449,11 @@ class BackfillClient:
             else:
                 self._reached = True
                 if response.is_success:
-                    self._outage_over()
+                    self._outage_over(outages)
                     return response
                 error = make_status_error(response)
                 if not is_retryable(error):  # it answers, if only to say no
-                    self._outage_over()
+                    self._outage_over(outages)
             if not self._should_retry(error, replay_safe=method != "POST" or idempotent):
                 raise error
             now = self._clock()
@@ -473,16 +477,21 @@ class BackfillClient:
             if self._outage_since is not None:
                 return
             self._outage_since = now
+            self._outages += 1
         self._logger.warning(
             "the API does not answer (%s); retrying for up to %.0fs (BACKFILL_API_RETRY_DEADLINE)",
             error.message,
             self.retry_deadline,
         )
 
-    def _outage_over(self) -> None:
+    def _outage_over(self, outages: int) -> None:
+        """The API answered a request sent when `outages` outages had been noted: the current
+        one is over only if the request was sent after it began."""
         if self._outage_since is None:  # the common case, without taking the lock
             return
         with self._outage_lock:
+            if outages != self._outages:  # sent before this outage was noted
+                return
             since, self._outage_since = self._outage_since, None
         if since is not None:
             self._logger.info(

@@ -285,6 +285,60 @@ def test_outage_shorter_than_the_deadline_is_ridden_out_with_one_line_each_way(
     assert info == "INFO" and "answers again after" in up
 
 
+def test_a_call_sent_before_the_outage_began_does_not_end_it(
+    router: respx.Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Concurrent calls (a flow's task threads): a read sent before the API went answers
+    after another call has met the outage. That answer says nothing of the API now: the
+    outage goes on (no INFO, and no second WARNING at the next failure) until a call sent
+    during it is answered."""
+    clock = Clock()
+    log = logging.getLogger("test.client.concurrent-outage")
+    read_sent, outage_noted, read_answered = threading.Event(), threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:  # the failed write waits for its retry
+        outage_noted.set()
+        assert read_answered.wait(10)
+        clock.sleep(seconds)
+
+    client = BackfillClient(
+        BASE,
+        "tok-123",
+        transport=httpx.MockTransport(router.handler),
+        retry_deadline=300.0,
+        sleep=sleep,
+        clock=clock,
+        logger=log,
+    )
+    reach(client, router)
+
+    def slow_read(request: httpx.Request) -> httpx.Response:
+        read_sent.set()
+        assert outage_noted.wait(10)
+        return httpx.Response(200, json={"kinds": []})
+
+    router.get("/backfills").mock(side_effect=slow_read)
+    writes = router.post("/backfills/media-duration").mock(
+        side_effect=[
+            httpx.ConnectError("connection refused"),
+            httpx.ConnectError("connection refused"),  # still down after the read's answer
+            httpx.Response(200, json=RESULT),
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger=log.name), ThreadPoolExecutor(2) as pool:
+        read = pool.submit(client.coverage)
+        assert read_sent.wait(10)
+        write = pool.submit(client.post_results, BackfillKind.MEDIA_DURATION, DURATIONS)
+        read.result(timeout=10)
+        read_answered.set()
+        assert write.result(timeout=10).applied == 2
+
+    assert writes.call_count == 3
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert "does not answer" in said[0][1] and "answers again after" in said[1][1]
+
+
 def test_past_the_deadline_the_call_fails_naming_the_setting(
     router: respx.Router, caplog: pytest.LogCaptureFixture
 ) -> None:
