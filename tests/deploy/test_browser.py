@@ -11,6 +11,7 @@ from uuid import UUID
 
 import pytest
 
+from tests.conftest import server_timeout
 from tests.deploy.conftest import RUN_TIMEOUT, DeployApi, PrefectServer, Worker, wait_for
 
 if TYPE_CHECKING:
@@ -76,11 +77,15 @@ def test_custom_run_from_the_ui_form(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            # Playwright's own 30 s (5 s for `expect`) is short for a loaded machine: every
+            # wait of the page is on the one deadline of the tests' servers.
+            page.set_default_timeout(server_timeout() * 1000)
+            expect.set_options(timeout=server_timeout() * 1000)
             page.goto(f"{prefect_server.url}/deployments/deployment/{deployment.id}")
             # The clicks an operator makes: Run, then Custom run.
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run", exact=True).click()
-            page.wait_for_url(re.compile(r".*/run\b.*"))
+            page.wait_for_url(re.compile(r".*/run\b.*"), wait_until="commit")  # the UI's route
             page.wait_for_load_state("networkidle")  # the form is built from the schema
 
             limit = field(page, "limit")
