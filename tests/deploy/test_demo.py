@@ -83,7 +83,7 @@ def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> No
         coverage = httpx.get(
             f"{url[1]}/api/v1/backfills",
             headers={"Authorization": f"Bearer {token[1]}"},
-            timeout=10,
+            timeout=60,
         )
         assert coverage.status_code == 200
         by_kind = {k["kind"]: k for k in coverage.json()["kinds"]}
