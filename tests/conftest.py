@@ -426,19 +426,23 @@ def wait_healthy(
     url: str,
     timeout: float | None = None,
     log_path: Path | None = None,
+    *,
+    health: str = "/api/v1/health",
+    what: str = "API",
 ) -> None:
-    """Wait until the API at `url` answers 200 on /api/v1/health, on a deadline of
-    `timeout` s (default `server_timeout()`); raise at once if `process` exits."""
+    """Wait until the server `what` at `url` answers 200 on `health` (our API's, by default),
+    on a deadline of `timeout` s (default `server_timeout()`); raise at once if `process`
+    exits."""
     timeout = server_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"API exited with {process.returncode}; {log_path}:\n{log_tail(log_path)}"
+                f"{what} exited with {process.returncode}; {log_path}:\n{log_tail(log_path)}"
             )
         try:
-            answer = httpx.get(f"{url}/api/v1/health", timeout=2)
+            answer = httpx.get(f"{url}{health}", timeout=2)
             if answer.status_code == 200:
                 return
             last = f"{answer.status_code} {answer.text[:200]}"
@@ -446,7 +450,7 @@ def wait_healthy(
             last = repr(exc)
         time.sleep(0.1)
     raise RuntimeError(
-        f"API did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
+        f"{what} did not become healthy in {timeout:.0f} s (BACKFILL_TEST_SERVER_TIMEOUT); "
         f"last answer: {last}; {log_path}:\n{log_tail(log_path)}"
     )
 
@@ -696,24 +700,19 @@ def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, A
     started: dict[str, Any] = {"pid": process.pid}
     record.write_text(json.dumps(started))  # from now on the run's end stops it, whatever happens
     url = f"http://127.0.0.1:{port}/api"
-    timeout = prefect_server_timeout()
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return started | {"url": url}
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the Prefect test server did not answer in {timeout:.0f} s "
-                    f"(BACKFILL_TEST_SERVER_TIMEOUT); {log_path}:\n{log_tail(log_path)}"
-                )
-            time.sleep(0.2)
+        wait_healthy(
+            process,
+            url,
+            prefect_server_timeout(),
+            log_path,
+            health="/health",
+            what="the Prefect test server",
+        )
     except BaseException:
         stop_session(process.pid)
         raise
+    return started | {"url": url}
 
 
 def stop_session(sid: int, timeout: float = 20.0, *, kill: bool = False) -> None:

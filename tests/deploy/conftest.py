@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-import httpx
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
@@ -38,6 +37,7 @@ from tests.conftest import (
     session_members,
     spawn,
     stop_group,
+    wait_healthy,
 )
 from tests.helpers import empty_tables, file_items, register
 
@@ -136,20 +136,14 @@ class PrefectServer:
             stderr=subprocess.STDOUT,
         )
 
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"prefect server exited; see {self.log_path}")
-            try:
-                return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
         try:
-            wait_for(
-                "the Prefect server (BACKFILL_TEST_SERVER_TIMEOUT)",
-                healthy,
-                timeout=prefect_server_timeout() if timeout is None else timeout,
+            wait_healthy(
+                self.process,
+                self.api_url,
+                prefect_server_timeout() if timeout is None else timeout,
+                self.log_path,
+                health="/health",
+                what=f"prefect server on port {self.port}",
             )
         except BaseException:
             self.stop()
