@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -408,10 +409,30 @@ def tokens(clean_db: Tokens) -> Tokens:
     return clean_db
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes ports from for `bind(0)` and for outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1 for a server a test starts, from below the kernel's ephemeral
+    range. A port `bind(0)` gave back is in that range, and any outgoing connection (the
+    tests make thousands) may take it as its source port before the server binds it: a
+    Prefect server once failed to start with "Port ... is already in use"."""
+    top = ephemeral_ports()[0]
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(max(1024, top - 12000), top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def log_tail(path: Path | None, lines: int = 30) -> str:

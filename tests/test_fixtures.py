@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, STARTED, LiveApi, server_timeout, session_members
+from tests.conftest import (
+    ROOT,
+    STARTED,
+    LiveApi,
+    ephemeral_ports,
+    free_port,
+    server_timeout,
+    session_members,
+)
+
+
+def test_free_ports_are_below_the_kernels_ephemeral_range_and_bindable() -> None:
+    """No outgoing connection can take a server's port as its source port meanwhile."""
+    low, _ = ephemeral_ports()
+    ports = [free_port() for _ in range(50)]
+    assert all(1024 <= port < low for port in ports)
+    assert len(set(ports)) > 40  # spread out: two xdist workers rarely pick the same one
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
 
 
 @pytest.mark.slow  # a real uvicorn process, up to its 3 s deadline
