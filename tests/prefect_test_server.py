@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
@@ -27,7 +28,38 @@ def exit_when_gone(owner: int) -> None:
         time.sleep(1)
 
 
+#: How long a write of this server waits for SQLite's write lock before it fails (Prefect: 60 s,
+#: hard-coded). See `shorter_lock_waits`.
+LOCK_WAIT_MS = 5000
+
+
+def shorter_lock_waits(milliseconds: int) -> None:
+    """Make this server's SQLite connections wait `milliseconds` for the write lock, not the
+    60 s Prefect 3.8.8 hard-codes (`PRAGMA busy_timeout = 60000` in `setup_sqlite`).
+
+    Under the run's parallel flows, Prefect's server deadlocks on its own SQLite now and then:
+    one of its connections holds the write lock while the coroutine that owns it waits on
+    another of its connections, which waits for that lock (PrefectHQ/prefect#18934). Nothing
+    moves until the waiter gives up: the whole run sat idle (both cores at 1-3 %) for up to
+    a minute at a time, two or three times a run, and a flow whose `POST /flow_runs/` met it
+    got a 503 after its client's retries. With a short wait the deadlock ends within seconds:
+    the waiting write fails and is retried (the task-run recorder retries its events, Prefect's
+    client retries a 503), as it would have after the minute."""
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    setup = AioSqliteConfiguration.setup_sqlite
+
+    def setup_sqlite(self: AioSqliteConfiguration, conn: Any, record: Any) -> None:
+        setup(self, conn, record)
+        cursor = conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {milliseconds};")
+        cursor.close()
+
+    AioSqliteConfiguration.setup_sqlite = setup_sqlite  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
+    shorter_lock_waits(LOCK_WAIT_MS)
     owner, port = int(sys.argv[1]), int(sys.argv[2])
     threading.Thread(target=exit_when_gone, args=(owner,), daemon=True).start()
     uvicorn.run(

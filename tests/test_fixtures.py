@@ -99,3 +99,29 @@ def test_a_server_left_running_fails_the_session_and_is_killed(
     assert "a forgotten server (session " in done.stdout
     pid = int((tmp_path / "pid").read_text())
     assert session_members(pid) == []
+
+
+def test_the_prefect_test_server_waits_seconds_for_a_sqlite_lock_not_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    from tests import prefect_test_server
+
+    config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+
+    def busy_timeout() -> int:
+        connection = sqlite3.connect(tmp_path / "p.db")
+        try:
+            config.setup_sqlite(connection, None)  # type: ignore[arg-type]
+            ((milliseconds,),) = connection.execute("PRAGMA busy_timeout").fetchall()
+            return int(milliseconds)
+        finally:
+            connection.close()
+
+    prefects_own = busy_timeout()
+    monkeypatch.setattr(AioSqliteConfiguration, "setup_sqlite", AioSqliteConfiguration.setup_sqlite)
+    prefect_test_server.shorter_lock_waits(prefect_test_server.LOCK_WAIT_MS)
+    assert busy_timeout() == prefect_test_server.LOCK_WAIT_MS < prefects_own
