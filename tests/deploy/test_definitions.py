@@ -63,6 +63,12 @@ def test_prefect_yaml_has_one_nightly_deployment_per_flow() -> None:
     assert order[-1].entrypoint == ENTRYPOINTS[BackfillKind.CLIP_COMPILE]
 
 
+def test_every_deployment_has_the_worker_start_the_engine_directly() -> None:
+    # No supervisor process first (docs/operations.md, "The deployments").
+    for spec in load_definitions():
+        assert spec.work_pool.job_variables == {"command": "python -m prefect.engine"}, spec
+
+
 def test_each_flow_has_an_adhoc_deployment_on_the_adhoc_queue() -> None:
     specs = load_definitions()
     nightly = {spec.entrypoint: spec for spec in specs if spec.name == "nightly"}

@@ -55,6 +55,7 @@ def test_deploy_all_creates_the_nightly_deployments(deployed: harness.Deployed) 
         assert deployment.work_pool_name == "backfills"
         # Nightly runs on the `nightly` queue, operators' on `adhoc` (docs, "Budgets").
         assert deployment.work_queue_name == spec.name
+        assert deployment.job_variables == {"command": "python -m prefect.engine"}
         if spec.name == "adhoc":
             assert deployment.schedules == []
             assert deployment.tags == ["corpus-backfills", "adhoc"]
