@@ -808,9 +808,12 @@ def prefect_api_url(request: pytest.FixtureRequest) -> Iterator[str]:
     from prefect.context import _temporary_global_settings_context, get_settings_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    no_heartbeats = {"flows.heartbeat_frequency": None}  # joining their thread: ~1 s a run
+    # The flows' logs stay on the console (pytest shows them with a failure); sending every
+    # line to the shared server cost ~10 s of CPU over tests/flows, and no test reads them.
+    console_logs = {"logging.to_api.enabled": False}
     with (
-        # No crash-detection heartbeats here: joining their thread costs ~1 s per run.
-        temporary_settings(updates={PREFECT_API_URL: url, "flows.heartbeat_frequency": None}),
+        temporary_settings(updates={PREFECT_API_URL: url, **no_heartbeats, **console_logs}),
         # Threads a test starts read the process-wide settings, not this context's: set both
         # (what prefect_test_harness does).
         _temporary_global_settings_context(get_settings_context()),
