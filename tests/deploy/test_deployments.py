@@ -117,7 +117,10 @@ def test_watch_exits_non_zero_when_the_run_fails_and_the_ui_retry_continues(
     prefect_server: harness.PrefectServer, worker: harness.Worker, deploy_api: harness.DeployApi
 ) -> None:
     deploy_api.reset()
-    total = 150
+    # One record per chunk, so the API goes down mid-run: the run needs 55 more chunk tasks
+    # (several seconds even on a quiet machine) after the test sees 5, while stopping the API
+    # takes under one. (150 made the retry alone run 145 tasks, a minute on a busy machine.)
+    total = 60
     deploy_api.register_files("retry", [100 + i for i in range(total)])
 
     def applied_batches() -> int:
