@@ -37,12 +37,13 @@ def shorter_lock_waits(milliseconds: int) -> None:
     """Make this server's SQLite connections wait `milliseconds` for the write lock, not the
     60 s Prefect 3.8.8 hard-codes (`PRAGMA busy_timeout = 60000` in `setup_sqlite`).
 
-    Under the run's parallel flows, Prefect's server deadlocks on its own SQLite now and then:
-    one of its connections holds the write lock while the coroutine that owns it waits on
-    another of its connections, which waits for that lock (PrefectHQ/prefect#18934). Nothing
-    moves until the waiter gives up: the whole run sat idle (both cores at 1-3 %) for up to
-    a minute at a time, two or three times a run, and a flow whose `POST /flow_runs/` met it
-    got a 503 after its client's retries. With a short wait the deadlock ends within seconds:
+    Under the run's parallel flows, Prefect's server stalls on its own SQLite now and then
+    (PrefectHQ/prefect#18934): `py-spy dump` showed two of its connection threads waiting
+    for the write lock, its event loop idle, and no other process of the run using the CPU.
+    The holder is one of its own connections, whose coroutine is itself waiting: a deadlock
+    inside the process, most likely. Nothing moves until the waiter gives up: the whole run
+    sat idle (both cores at 1-4 %) for up to a minute at a time, two or three times a run,
+    and a flow whose `POST /flow_runs/` met it got a 503 after its client's retries. With a short wait the deadlock ends within seconds:
     the waiting write fails and is retried (the task-run recorder retries its events, Prefect's
     client retries a 503), as it would have after the minute."""
     from prefect.server.database.configurations import AioSqliteConfiguration
