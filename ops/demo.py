@@ -126,20 +126,28 @@ def _stop_kept_api(pid_file: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
+#: How many ports a demo server tries before it gives up (`Server.wait_healthy`).
+PORT_ATTEMPTS = 5
+
+
 @dataclass
 class Server:
     """A child server process on 127.0.0.1 with its log in a file."""
 
     name: str
-    command: list[str]
+    #: Its command line, serving on the port given.
+    command: Callable[[int], list[str]]
     env: dict[str, str]
-    port: int
     health_path: str
     log_path: Path
     cwd: Path
     detach: bool = False
+    port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
     started: float = field(default_factory=time.perf_counter)
+    #: Where in `log_path` the output of the current process begins.
+    log_from: int = 0
+    ports_tried: int = 0
 
     @property
     def url(self) -> str:
@@ -147,9 +155,14 @@ class Server:
 
     def start(self) -> None:
         self.started = time.perf_counter()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.ports_tried += 1
         with self.log_path.open("ab") as log:
+            self.log_from = log.tell()
             self.process = subprocess.Popen(
-                self.command,
+                self.command(self.port),
                 cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -159,12 +172,24 @@ class Server:
                 start_new_session=self.detach,
             )
 
+    def _port_taken(self) -> bool:
+        """Whether the process exited because its port was taken after `_free_port` chose it
+        (uvicorn: "[Errno 98] ... address already in use")."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_from)
+            return b"already in use" in log.read()
+
     def wait_healthy(self, timeout: float) -> float:
-        """Block until the health check answers 200; the seconds since `start`."""
+        """Block until the health check answers 200; the seconds since `start`. A server
+        whose port another process took meanwhile starts again on another."""
         deadline = time.monotonic() + timeout
         while not _healthy(self.url + self.health_path):
             if self.process is None or self.process.poll() is not None:
-                raise DemoError(f"the {self.name} exited at start-up; see {self.log_path}")
+                retry = self.process is not None and self.ports_tried < PORT_ATTEMPTS
+                if not (retry and self._port_taken()):
+                    raise DemoError(f"the {self.name} exited at start-up; see {self.log_path}")
+                self.port = _free_port()
+                self._spawn()
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"the {self.name} did not start in {timeout:.0f}s; see {self.log_path}"
@@ -197,36 +222,45 @@ def _prefect_server(layout: Layout) -> Server:
         "PREFECT__SERVER_EPHEMERAL": "1",
         "PREFECT__SERVER_FINAL": "1",
     }
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--app-dir",
-        str(Path(prefect.__file__).parent.parent),
-        "--factory",
-        "prefect.server.api.server:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "error",
-        "--lifespan",
-        "on",
-    ]
+    app_dir = str(Path(prefect.__file__).parent.parent)
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            app_dir,
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+
     layout.prefect_home.mkdir(parents=True, exist_ok=True)
     log = layout.logs / "prefect-server.log"
-    return Server("Prefect server", command, env, port, "/api/health", log, cwd=layout.root)
+    return Server("Prefect server", command, env, "/api/health", log, cwd=layout.root)
 
 
 def _api_server(layout: Layout, database_url: str, *, detach: bool) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKFILL_")}
     env["BACKFILL_DATABASE_URL"] = database_url
-    port = _free_port()
-    command = uvicorn_command(port, "--no-access-log")
     log = layout.logs / "api.log"
-    return Server("API", command, env, port, "/api/v1/health", log, layout.root, detach)
+    return Server(
+        "API",
+        lambda port: uvicorn_command(port, "--no-access-log"),
+        env,
+        "/api/v1/health",
+        log,
+        layout.root,
+        detach,
+    )
 
 
 def _timed(label: str, work: Callable[[], T], detail: Callable[[T], str]) -> T:

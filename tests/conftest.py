@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -19,11 +20,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -32,6 +33,8 @@ from api.cli import uvicorn_command
 from tests.helpers import TABLES, empty_tables
 
 __all__ = ["TABLES"]  # re-exported: tests/api reads it from here
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -435,6 +438,28 @@ def free_port() -> int:
             return port
 
 
+class PortTaken(RuntimeError):
+    """A server exited because its port was taken between `free_port` and its own bind."""
+
+
+#: How many ports a server's first start tries (`on_a_free_port`).
+PORT_ATTEMPTS = 5
+
+
+def on_a_free_port(start: Callable[[int], T], port: int) -> T:
+    """`start(port)`, a server listening on `port`; if the port was taken meanwhile (by a
+    process of this machine we do not know of, or another worker's server), `start` again on
+    another. CI once lost a Prefect server, and the five tests of its group, to "Port 20899
+    is already in use". Only for a first start: a restart keeps its port, as the clients of
+    the server hold its URL."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            return start(port)
+        except PortTaken:
+            port = free_port()
+    return start(port)
+
+
 def log_tail(path: Path | None, lines: int = 30) -> str:
     """The last lines of a server log, for an error message."""
     if path is None or not path.is_file():
@@ -459,9 +484,12 @@ def wait_healthy(
     last = "no answer"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"{what} exited with {process.returncode}; {log_path}:\n{log_tail(log_path)}"
-            )
+            tail = log_tail(log_path)
+            # What `prefect server start` and uvicorn print when their port is taken (a log
+            # also holds the lines of earlier starts, on other ports).
+            taken = rf"\b{httpx.URL(url).port}\b.*already in use"
+            error = PortTaken if re.search(taken, tail, re.IGNORECASE) else RuntimeError
+            raise error(f"{what} exited with {process.returncode}; {log_path}:\n{tail}")
         try:
             answer = httpx.get(f"{url}{health}", timeout=2)
             if answer.status_code == 200:
@@ -488,14 +516,27 @@ class LiveApi:
     process: subprocess.Popen[bytes] | None = None
     #: Every uvicorn this object started (the leader of a session of its own each).
     pids: list[int] = field(default_factory=list)
+    #: Whether it has answered once: from then on it starts on the same port (a restart).
+    served: bool = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float | None = None) -> None:
-        """Start uvicorn and wait for `/health` to answer 200 (on a deadline of
-        `server_timeout()` s); on any failure the process group is killed before raising."""
+        """Start the server and wait until it answers (on a deadline of `server_timeout()` s);
+        on any failure it is stopped before raising. A first start takes another port if its
+        own was taken (`on_a_free_port`); a restart keeps it."""
+        if self.served:
+            self._start(self.port, timeout)
+        else:
+            on_a_free_port(lambda port: self._start(port, timeout), self.port)
+        self.served = True
+
+    def _start(self, port: int, timeout: float | None) -> None:
+        """Start uvicorn on `port` and wait for `/health` to answer 200; on any failure the
+        process group is killed before raising."""
+        self.port = port
         env = os.environ | {"BACKFILL_DATABASE_URL": self.database_url}
         with open(self.log_path or os.devnull, "ab") as log:
             self.process = spawn(
@@ -535,9 +576,12 @@ class InThreadApi(LiveApi):
 
     server: Any = None
     thread: threading.Thread | None = None
+    listener: socket.socket | None = None
 
-    def start(self, timeout: float | None = None) -> None:
+    def _start(self, port: int, timeout: float | None) -> None:
         import uvicorn
+
+        self.port = port
 
         from api.core.config import Settings
         from api.main import create_app
@@ -552,14 +596,25 @@ class InThreadApi(LiveApi):
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name=f"uvicorn:{self.port}", daemon=True)
-        self.server, self.thread = server, thread
+        # Bound here, so that a taken port is known for sure (uvicorn would only log it).
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            listener.bind(("127.0.0.1", self.port))
+        except OSError as exc:
+            listener.close()
+            raise PortTaken(f"port {self.port}: {exc}") from exc
+        thread = threading.Thread(
+            target=server.run, args=([listener],), name=f"uvicorn:{self.port}", daemon=True
+        )
+        self.server, self.thread, self.listener = server, thread, listener
         thread.start()
         timeout = server_timeout() if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while not server.started:
             if not thread.is_alive():
-                raise RuntimeError(f"uvicorn on port {self.port} did not start (port taken?)")
+                self.stop()
+                raise RuntimeError(f"uvicorn on port {self.port} did not start")
             if time.monotonic() > deadline:
                 self.stop(kill=True)
                 raise RuntimeError(
@@ -574,7 +629,9 @@ class InThreadApi(LiveApi):
             self.thread.join(timeout=30)
             if self.thread.is_alive():
                 raise RuntimeError(f"uvicorn on port {self.port} did not stop in 30 s")
-        self.server = self.thread = None
+        if self.listener is not None:
+            self.listener.close()  # uvicorn closes it too, once it got as far as serving
+        self.server = self.thread = self.listener = None
 
 
 def migrated_live_api(folder: Path, db_name: str, admin: str = "admin") -> LiveApi:
@@ -699,7 +756,6 @@ def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, A
     `prefect_server_timeout()`). On any failure, an interrupt included, it is stopped."""
     folder.mkdir(parents=True, exist_ok=True)
     database = folder / "prefect.db"
-    port = free_port()
     env = prefect_env(
         folder,
         PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}",
@@ -710,30 +766,34 @@ def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, A
     )
     script = Path(__file__).with_name("prefect_test_server.py")
     log_path = folder / "server.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(script), str(owner), str(port)],
-            start_new_session=True,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    started: dict[str, Any] = {"pid": process.pid}
-    record.write_text(json.dumps(started))  # from now on the run's end stops it, whatever happens
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_healthy(
-            process,
-            url,
-            prefect_server_timeout(),
-            log_path,
-            health="/health",
-            what="the Prefect test server",
-        )
-    except BaseException:
-        stop_session(process.pid)
-        raise
-    return started | {"url": url}
+
+    def start(port: int) -> dict[str, Any]:
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(script), str(owner), str(port)],
+                start_new_session=True,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started: dict[str, Any] = {"pid": process.pid}
+        record.write_text(json.dumps(started))  # from now on the run's end stops it
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            wait_healthy(
+                process,
+                url,
+                prefect_server_timeout(),
+                log_path,
+                health="/health",
+                what="the Prefect test server",
+            )
+        except BaseException:
+            stop_session(process.pid)
+            raise
+        return started | {"url": url}
+
+    return on_a_free_port(start, free_port())
 
 
 def stop_session(sid: int, timeout: float = 20.0, *, kill: bool = False) -> None:

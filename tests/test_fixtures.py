@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,11 +16,17 @@ import pytest
 from tests.conftest import (
     ROOT,
     STARTED,
+    InThreadApi,
     LiveApi,
+    PortTaken,
     ephemeral_ports,
     free_port,
+    prefect_env,
     server_timeout,
     session_members,
+    spawn,
+    stop_group,
+    wait_healthy,
 )
 
 
@@ -31,6 +39,85 @@ def test_free_ports_are_below_the_kernels_ephemeral_range_and_bindable() -> None
     for port in ports[:5]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port of 127.0.0.1 another process might hold: bound and listening, here."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def migrated(tmp_path: Path) -> str:
+    from api.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgrade(url)
+    return url
+
+
+def test_an_api_whose_port_was_taken_starts_on_another(tmp_path: Path, taken_port: int) -> None:
+    api = InThreadApi(migrated(tmp_path), admin_token="-", reader_token="-", port=taken_port)
+    api.start()
+    try:
+        assert api.port != taken_port
+        assert httpx.get(f"{api.url}/api/v1/health", timeout=10).status_code == 200
+    finally:
+        api.stop()
+
+
+def test_a_restarted_api_keeps_its_port_or_fails(tmp_path: Path) -> None:
+    """Its clients hold its URL: a restart on another port would leave them talking to none."""
+    api = InThreadApi(migrated(tmp_path), admin_token="-", reader_token="-")
+    api.start()
+    port = api.port
+    api.stop()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        with pytest.raises(PortTaken, match=str(port)):
+            api.start()
+    api.start()
+    try:
+        assert api.port == port
+        assert httpx.get(f"{api.url}/api/v1/health", timeout=10).status_code == 200
+    finally:
+        api.stop()
+
+
+@pytest.mark.slow  # two real uvicorn processes: one that fails to bind, one that serves
+def test_an_api_process_whose_port_was_taken_starts_on_another(
+    tmp_path: Path, taken_port: int
+) -> None:
+    log_path = tmp_path / "api.log"
+    api = LiveApi(migrated(tmp_path), "-", "-", port=taken_port, log_path=log_path)
+    api.start()
+    try:
+        assert api.port != taken_port and len(api.pids) == 2
+        assert re.search(rf"{taken_port}\b.*already in use", log_path.read_text())
+        assert httpx.get(f"{api.url}/api/v1/health", timeout=10).status_code == 200
+    finally:
+        api.stop()
+
+
+@pytest.mark.slow  # the Prefect CLI's import
+def test_a_prefect_server_on_a_taken_port_is_known_as_such(tmp_path: Path, taken_port: int) -> None:
+    """What `prefect server start` prints then is what `wait_healthy` looks for."""
+    log_path = tmp_path / "server.log"
+    with log_path.open("ab") as log:
+        process = spawn(
+            "prefect server start",
+            [sys.executable, "-m", "prefect", "server", "start", "--port", str(taken_port)],
+            env=prefect_env(tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with pytest.raises(PortTaken):
+            wait_healthy(process, f"http://127.0.0.1:{taken_port}/api", log_path=log_path)
+    finally:
+        stop_group(process)
 
 
 @pytest.mark.slow  # a real uvicorn process, up to its 3 s deadline

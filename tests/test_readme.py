@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, spawn, stop_group, wait_healthy
+from tests.conftest import ROOT, free_port, on_a_free_port, spawn, stop_group, wait_healthy
 
 
 def readme_commands() -> list[str]:
@@ -39,9 +39,8 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
     assert [c.split()[0:4] for c in commands[:3]] == [
         ["uv", "run", "backfill", "api"],
     ] * 3
-    port = free_port()
     env = os.environ | {"BACKFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'readme.db'}"}
-    migrate, token_create, serve, *curls = [c.replace("8000", str(port)) for c in commands]
+    migrate, token_create, serve, *curls = commands
     subprocess.run(shlex.split(migrate), cwd=tmp_path, env=env, check=True, timeout=120)
     token = subprocess.run(
         shlex.split(token_create),
@@ -53,9 +52,28 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
         text=True,
     ).stdout.strip()
     assert token.startswith("cbk_")
-    server = spawn("the README's API", shlex.split(serve), cwd=tmp_path, env=env)
+    log_path = tmp_path / "api.log"
+
+    def start(port: int) -> tuple[subprocess.Popen[bytes], int]:
+        with log_path.open("ab") as log:
+            server = spawn(
+                "the README's API",
+                shlex.split(serve.replace("8000", str(port))),
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_healthy(server, f"http://127.0.0.1:{port}", log_path=log_path)
+        except BaseException:
+            stop_group(server)
+            raise
+        return server, port
+
+    server, port = on_a_free_port(start, free_port())
     try:
-        wait_healthy(server, f"http://127.0.0.1:{port}")
+        curls = [curl.replace("8000", str(port)) for curl in curls]
         outputs = [
             json.loads(
                 subprocess.run(

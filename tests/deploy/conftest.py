@@ -29,6 +29,7 @@ from tests.conftest import (
     copy_sqlite,
     free_port,
     migrated_live_api,
+    on_a_free_port,
     one_worker_group,
     prefect_env,
     prefect_server_group,
@@ -112,7 +113,12 @@ class PrefectServer:
 
     def start(self, timeout: float | None = None) -> None:
         """Start the server and wait for `/health` (on a deadline of
-        `prefect_server_timeout()` s); on any failure its process group is killed."""
+        `prefect_server_timeout()` s), on another port if its own was taken meanwhile
+        (`on_a_free_port`); on any failure its process group is killed."""
+        on_a_free_port(lambda port: self._start(port, timeout), self.port)
+
+    def _start(self, port: int, timeout: float | None) -> None:
+        self.port = port
         self.home.mkdir(parents=True, exist_ok=True)
         database = self.home / "prefect.db"  # Prefect's default: $PREFECT_HOME/prefect.db
         if self.template is not None and not database.exists():

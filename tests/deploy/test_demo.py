@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import spawn
+from tests.conftest import server_timeout, spawn
 from tests.deploy.conftest import session_members
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # its own Prefect server and API
@@ -99,3 +100,27 @@ def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> No
             with contextlib.suppress(ProcessLookupError):  # SIGTERM was not enough
                 os.kill(kept_pid, signal.SIGKILL)
     assert seconds < DEMO_TIMEOUT
+
+
+def test_a_demo_server_whose_port_was_taken_starts_on_another(tmp_path: Path) -> None:
+    """The port the demo chose for a server may be taken before the server binds it."""
+    from api.migrate import upgrade
+    from ops.demo import Layout, _api_server
+
+    layout = Layout(tmp_path)
+    layout.logs.mkdir(parents=True)
+    database_url = f"sqlite:///{layout.database}"
+    upgrade(database_url)
+    api = _api_server(layout, database_url, detach=False)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", api.port))
+        holder.listen()
+        taken = api.port
+        api.start()
+        try:
+            api.wait_healthy(server_timeout())
+            assert api.port != taken and api.ports_tried == 2
+            assert httpx.get(f"{api.url}/api/v1/health", timeout=10).status_code == 200
+            assert re.search(rf"{taken}\b.*already in use", (layout.logs / "api.log").read_text())
+        finally:
+            api.stop()
