@@ -146,7 +146,7 @@ def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # a whole pytest session in a subprocess, twice
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@pytest.mark.parametrize("workers", [[], ["-p", "xdist", "-n", "2"]], ids=["serial", "xdist"])
 def test_a_server_left_running_fails_the_session_and_is_killed(
     tmp_path: Path, workers: list[str]
 ) -> None:
@@ -174,7 +174,8 @@ def test_a_server_left_running_fails_the_session_and_is_killed(
             ".",
         ],
         cwd=tmp_path,
-        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        # Only the plugins it needs (not schemathesis', hypothesis', Playwright's, ...).
+        env=os.environ | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         capture_output=True,
         text=True,
         timeout=server_timeout(),
