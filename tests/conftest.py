@@ -31,8 +31,9 @@ import pytest
 
 from api.cli import uvicorn_command
 from tests.helpers import TABLES, empty_tables
+from tests.reaper import session_members
 
-__all__ = ["TABLES"]  # re-exported: tests/api reads it from here
+__all__ = ["TABLES", "session_members"]  # re-exported: other tests read them from here
 
 T = TypeVar("T")
 
@@ -61,22 +62,9 @@ def prefect_server_timeout() -> float:
 STARTED: dict[int, str] = {}
 
 
-def session_members(sid: int) -> list[int]:
-    """Pids of live processes in session `sid` (Linux /proc): a process started with
-    `start_new_session=True` and every child it started, even one its parent left behind."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ...: comm may hold spaces, split after ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found.append(int(entry.name))
-    return found
+#: Where `spawn` names each session it starts for the run's reaper (tests/reaper.py), which
+#: stops them if the run is killed before it could; None outside a run (set by pytest_configure).
+SESSIONS: Path | None = None
 
 
 def spawn(what: str, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -84,6 +72,8 @@ def spawn(what: str, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any
     `stop_group` has emptied it."""
     process: subprocess.Popen[Any] = subprocess.Popen(args, start_new_session=True, **kwargs)
     STARTED[process.pid] = what
+    if SESSIONS is not None:
+        (SESSIONS / str(process.pid)).write_text(what)
     return process
 
 
@@ -104,6 +94,8 @@ def stop_group(
     # Children that outlived their parent (same session id as the leader's pid).
     stop_session(process.pid, timeout, kill=True)
     STARTED.pop(process.pid, None)
+    if SESSIONS is not None:
+        (SESSIONS / str(process.pid)).unlink(missing_ok=True)
 
 
 #: Session fixtures too costly to start in every xdist worker, each with the group of the tests
@@ -675,6 +667,8 @@ def live_api(tmp_path: Path) -> Iterator[LiveApi]:
 
 #: The folder of the whole run (`run_root`), made by the controller (or the only process).
 RUN_ROOT = pytest.StashKey[Path]()
+#: The run's reaper (tests/reaper.py), started with the run folder.
+REAPER = pytest.StashKey[subprocess.Popen[bytes]]()
 
 #: Where `prefect_api_url` records the run's one Prefect test server (its URL and pid).
 HARNESS_RECORD = "prefect-harness.json"
@@ -684,8 +678,21 @@ TEMPLATE = "prefect-template.db"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global SESSIONS
     if not hasattr(config, "workerinput"):  # the xdist controller, or a run without xdist
-        config.stash[RUN_ROOT] = Path(tempfile.mkdtemp(prefix="backfill-tests-"))
+        root = config.stash[RUN_ROOT] = Path(tempfile.mkdtemp(prefix="backfill-tests-"))
+        (root / "sessions").mkdir()
+        (root / "workers").mkdir()
+        config.stash[REAPER] = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), root],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    else:
+        (run_root(config) / "workers" / str(os.getpid())).touch()
+    SESSIONS = run_root(config) / "sessions"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -711,6 +718,9 @@ def run_root(config: pytest.Config) -> Path:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if REAPER in config.stash:  # the run ends here, having stopped what it started
+        config.stash[REAPER].kill()
+        config.stash[REAPER].wait()
     if RUN_ROOT in config.stash:
         shutil.rmtree(config.stash[RUN_ROOT], ignore_errors=True)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tests.conftest import (
     session_members,
     spawn,
     stop_group,
+    stop_session,
     wait_healthy,
 )
 
@@ -187,6 +190,52 @@ def test_a_server_left_running_fails_the_session_and_is_killed(
     assert "a forgotten server (session " in done.stdout
     pid = int((tmp_path / "pid").read_text())
     assert session_members(pid) == []
+
+
+@pytest.mark.slow  # a pytest session in a subprocess
+@pytest.mark.parametrize("workers", [[], ["-p", "xdist", "-n", "1"]], ids=["serial", "xdist"])
+def test_a_killed_run_still_stops_the_servers_it_started(
+    tmp_path: Path, workers: list[str]
+) -> None:
+    """SIGKILL leaves pytest no time to stop anything: the run's reaper does it."""
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import pytest_configure, pytest_configure_node, pytest_unconfigure"
+        "  # noqa: F401\n"
+    )
+    (tmp_path / "test_killed.py").write_text(
+        "import os, pathlib, signal, time\n"
+        "from tests.conftest import spawn\n\n"
+        "def test_killed():\n"
+        "    process = spawn('a server', ['sleep', '600'])\n"
+        "    pathlib.Path('pid').write_text(str(process.pid))\n"
+        "    if 'PYTEST_XDIST_WORKER' in os.environ:\n"
+        "        time.sleep(600)  # until the reaper kills this worker\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    pytest_command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", "/dev/null"]
+    run = subprocess.Popen(
+        [*pytest_command, *workers, "."],
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid_file = tmp_path / "pid"
+    try:
+        deadline = time.monotonic() + server_timeout()
+        while not pid_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if workers:  # the controller, killed while its worker runs the test
+            os.kill(run.pid, signal.SIGKILL)
+        assert run.wait(timeout=server_timeout()) == -signal.SIGKILL
+        server = int(pid_file.read_text())
+        while session_members(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert session_members(server) == []
+    finally:
+        run.kill()
+        if pid_file.is_file():
+            stop_session(int(pid_file.read_text()), kill=True)
 
 
 def test_the_prefect_test_server_waits_seconds_for_a_sqlite_lock_not_a_minute(

@@ -1,0 +1,88 @@
+"""The run's reaper: stops every process a test started once the process that owns the run is
+gone without stopping them itself (killed: SIGKILL, SIGTERM, a CI job out of time).
+
+    python tests/reaper.py OWNER_PID RUN_ROOT
+
+`tests.conftest.spawn` starts each server in a session of its own and names it by a file in
+RUN_ROOT/sessions; `stop_group` removes the file. Each xdist worker names itself in
+RUN_ROOT/workers. While OWNER_PID lives, the reaper only waits; once it is gone, it kills
+the workers (so they start nothing more), stops every session still named (SIGTERM, SIGKILL
+after 10 s), removes RUN_ROOT and exits. A run that ends normally stops the reaper itself
+(`pytest_unconfigure` in tests/conftest.py). Standard library only: it starts in
+milliseconds and imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+#: Seconds a stopped session gets to exit after SIGTERM before SIGKILL.
+GRACE = 10.0
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of live processes in session `sid` (Linux /proc): a process started with
+    `start_new_session=True` and every child it started, even one its parent left behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp session ...: comm may hold spaces, split after ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_sessions(sids: list[int], grace: float = GRACE) -> None:
+    """SIGTERM every process of sessions `sids`, SIGKILL what is left after `grace` s."""
+    kill_at = time.monotonic() + grace
+    while members := [pid for sid in sids for pid in session_members(sid)]:
+        sig = signal.SIGKILL if time.monotonic() >= kill_at else signal.SIGTERM
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def pids(folder: Path) -> list[int]:
+    """The pids named by the files of `folder`."""
+    return [int(p.name) for p in folder.glob("*") if p.name.isdigit()]
+
+
+def reap(owner: int, root: Path, every: float = 1.0) -> None:
+    """Wait while `owner` lives and `root` exists; if `owner` goes first, stop what it left."""
+    while root.is_dir():
+        if not alive(owner):
+            for worker in pids(root / "workers"):  # first, so that they start nothing more
+                try:
+                    os.kill(worker, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            stop_sessions(pids(root / "sessions"))
+            shutil.rmtree(root, ignore_errors=True)
+            return
+        time.sleep(every)
+
+
+if __name__ == "__main__":
+    reap(int(sys.argv[1]), Path(sys.argv[2]))
