@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,41 +149,37 @@ def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
     assert session_members(leader) == [] and leader not in STARTED
 
 
+def inner_session(folder: Path, hooks: str, test: str, workers: list[str]) -> dict[str, Any]:
+    """Popen arguments of a pytest session in `folder` over one test file `test`, with the
+    hooks `hooks` of tests/conftest.py, and only the plugins it needs (not schemathesis',
+    hypothesis', Playwright's, ...)."""
+    (folder / "conftest.py").write_text(f"from tests.conftest import {hooks}  # noqa: F401\n")
+    (folder / "test_inner.py").write_text(test)
+    return {
+        "args": [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", "/dev/null"]
+        + [*workers, "."],
+        "cwd": folder,
+        "env": os.environ | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    }
+
+
 @pytest.mark.slow  # a whole pytest session in a subprocess, twice
 @pytest.mark.parametrize("workers", [[], ["-p", "xdist", "-n", "2"]], ids=["serial", "xdist"])
 def test_a_server_left_running_fails_the_session_and_is_killed(
     tmp_path: Path, workers: list[str]
 ) -> None:
     # Under xdist the leak happens in a worker; the controller must still fail the run.
-    (tmp_path / "conftest.py").write_text(
-        "from tests.conftest import pytest_sessionfinish, pytest_testnodedown  # noqa: F401\n"
-    )
-    (tmp_path / "test_leak.py").write_text(
+    session = inner_session(
+        tmp_path,
+        "pytest_sessionfinish, pytest_testnodedown",
         "import pathlib\n"
         "from tests.conftest import spawn\n\n"
         "def test_leaks():\n"
         "    process = spawn('a forgotten server', ['sleep', '600'])\n"
-        "    pathlib.Path('pid').write_text(str(process.pid))\n"
+        "    pathlib.Path('pid').write_text(str(process.pid))\n",
+        workers,
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-c",
-            "/dev/null",
-            *workers,
-            ".",
-        ],
-        cwd=tmp_path,
-        # Only the plugins it needs (not schemathesis', hypothesis', Playwright's, ...).
-        env=os.environ | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
-        capture_output=True,
-        text=True,
-        timeout=server_timeout(),
-    )
+    done = subprocess.run(**session, capture_output=True, text=True, timeout=server_timeout())
     # The test passed, yet the session fails, says what it killed, and killed it.
     assert "1 passed" in done.stdout, done.stdout
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
@@ -198,11 +195,9 @@ def test_a_killed_run_still_stops_the_servers_it_started(
     tmp_path: Path, workers: list[str]
 ) -> None:
     """SIGKILL leaves pytest no time to stop anything: the run's reaper does it."""
-    (tmp_path / "conftest.py").write_text(
-        "from tests.conftest import pytest_configure, pytest_configure_node, pytest_unconfigure"
-        "  # noqa: F401\n"
-    )
-    (tmp_path / "test_killed.py").write_text(
+    session = inner_session(
+        tmp_path,
+        "pytest_configure, pytest_configure_node, pytest_unconfigure",
         "import os, pathlib, signal, time\n"
         "from tests.conftest import spawn\n\n"
         "def test_killed():\n"
@@ -210,16 +205,10 @@ def test_a_killed_run_still_stops_the_servers_it_started(
         "    pathlib.Path('pid').write_text(str(process.pid))\n"
         "    if 'PYTEST_XDIST_WORKER' in os.environ:\n"
         "        time.sleep(600)  # until the reaper kills this worker\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n",
+        workers,
     )
-    pytest_command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", "/dev/null"]
-    run = subprocess.Popen(
-        [*pytest_command, *workers, "."],
-        cwd=tmp_path,
-        env=os.environ | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = subprocess.Popen(**session, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid_file = tmp_path / "pid"
     try:
         deadline = time.monotonic() + server_timeout()
