@@ -159,7 +159,9 @@ def inner_session(folder: Path, hooks: str, test: str, workers: list[str]) -> di
         "args": [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", "/dev/null"]
         + [*workers, "."],
         "cwd": folder,
-        "env": os.environ | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        # Not this xdist worker's PYTEST_XDIST_*: the inner session has workers of its own, or none.
+        "env": {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+        | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
     }
 
 
