@@ -57,11 +57,12 @@ def stop_sessions(sids: list[int], grace: float = GRACE) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def pids(folder: Path) -> list[int]:

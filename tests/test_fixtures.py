@@ -229,6 +229,25 @@ def test_a_killed_run_still_stops_the_servers_it_started(
             stop_session(int(pid_file.read_text()), kill=True)
 
 
+def test_the_reaper_counts_a_killed_unreaped_owner_as_gone() -> None:
+    """A run's process killed but not yet reaped by its parent is a zombie: gone, for the reaper."""
+    from tests.reaper import alive
+
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        assert alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + server_timeout()
+        while alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not alive(child.pid)
+        assert Path(f"/proc/{child.pid}").exists()  # a zombie: `os.kill(pid, 0)` still succeeds
+    finally:
+        child.kill()
+        child.wait()
+    assert not alive(child.pid)
+
+
 def test_the_prefect_test_server_waits_seconds_for_a_sqlite_lock_not_a_minute(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,14 +27,8 @@ KINDS = ("media-duration", "file-hashing", "snr-frequency", "version-0", "clip-c
 DEMO_TIMEOUT = 150
 
 
-def demo_command() -> list[str]:
-    """`backfill demo` once it is wired into the CLI; `python -m ops.demo` until then."""
-    from ops.cli import app
-
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    if "demo" in names:
-        return [str(Path(sys.executable).parent / "backfill"), "demo"]
-    return [sys.executable, "-m", "ops.demo"]
+#: `backfill demo`, as the README runs it (through `uv run`, which puts .venv/bin first).
+DEMO = [str(Path(sys.executable).parent / "backfill"), "demo"]
 
 
 def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> None:
@@ -47,7 +41,7 @@ def test_demo_runs_end_to_end_and_leaves_only_the_kept_api(tmp_path: Path) -> No
     started = time.monotonic()
     demo = spawn(
         "the demo",
-        [*demo_command(), "--keep", "--workdir", str(workdir)],
+        [*DEMO, "--keep", "--workdir", str(workdir)],
         cwd=tmp_path,
         env=env | {"COLUMNS": "160"},
         stdout=subprocess.PIPE,
