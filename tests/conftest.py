@@ -31,9 +31,13 @@ import pytest
 
 from api.cli import uvicorn_command
 from tests.helpers import TABLES, empty_tables
-from tests.reaper import session_members
+from tests.reaper import session_members, stop_sessions
 
-__all__ = ["TABLES", "session_members"]  # re-exported: other tests read them from here
+__all__ = [
+    "TABLES",
+    "session_members",
+    "stop_sessions",
+]  # re-exported: other tests read them from here
 
 T = TypeVar("T")
 
@@ -92,7 +96,7 @@ def stop_group(
         except ProcessLookupError:
             process.wait(timeout=timeout)
     # Children that outlived their parent (same session id as the leader's pid).
-    stop_session(process.pid, timeout, kill=True)
+    stop_sessions([process.pid], timeout, kill=True)
     STARTED.pop(process.pid, None)
     if SESSIONS is not None:
         (SESSIONS / str(process.pid)).unlink(missing_ok=True)
@@ -799,27 +803,11 @@ def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, A
                 what="the Prefect test server",
             )
         except BaseException:
-            stop_session(process.pid)
+            stop_sessions([process.pid])
             raise
         return started | {"url": url}
 
     return on_a_free_port(start, free_port())
-
-
-def stop_session(sid: int, timeout: float = 20.0, *, kill: bool = False) -> None:
-    """SIGTERM (SIGKILL when `kill`) every process of session `sid` (one this process need not
-    be the parent of), SIGKILL what is left after `timeout` s; return once none is alive."""
-    kill_at = time.monotonic() + (0 if kill else timeout)
-    while members := session_members(sid):
-        now = time.monotonic()
-        if now > kill_at + timeout:
-            raise RuntimeError(f"processes of session {sid} survive SIGKILL: {members}")
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL if now >= kill_at else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
 
 
 def stop_prefect_harness(root: Path) -> None:
@@ -829,7 +817,7 @@ def stop_prefect_harness(root: Path) -> None:
     if record.is_file():
         pid = json.loads(record.read_text()).get("pid")
         if pid is not None:
-            stop_session(pid)
+            stop_sessions([pid])
         record.unlink()
 
 

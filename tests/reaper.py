@@ -25,44 +25,47 @@ from pathlib import Path
 GRACE = 10.0
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after `pid (comm)`: state ppid pgrp session ... (comm may
+    hold spaces, so it is split after the last ')'); None once the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
 def session_members(sid: int) -> list[int]:
     """Pids of live processes in session `sid` (Linux /proc): a process started with
     `start_new_session=True` and every child it started, even one its parent left behind."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ...: comm may hold spaces, split after ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found.append(int(entry.name))
+        if entry.name.isdigit() and (fields := stat_fields(entry.name)) is not None:
+            if fields[0] != "Z" and int(fields[3]) == sid:
+                found.append(int(entry.name))
     return found
 
 
-def stop_sessions(sids: list[int], grace: float = GRACE) -> None:
-    """SIGTERM every process of sessions `sids`, SIGKILL what is left after `grace` s."""
-    kill_at = time.monotonic() + grace
+def stop_sessions(sids: list[int], timeout: float = 20.0, *, kill: bool = False) -> None:
+    """SIGTERM (SIGKILL when `kill`) every process of sessions `sids` (ones this process need
+    not be the parent of), SIGKILL what is left after `timeout` s; return once none is alive."""
+    kill_at = time.monotonic() + (0 if kill else timeout)
     while members := [pid for sid in sids for pid in session_members(sid)]:
-        sig = signal.SIGKILL if time.monotonic() >= kill_at else signal.SIGTERM
+        now = time.monotonic()
+        if now > kill_at + timeout:
+            raise RuntimeError(f"processes of sessions {sids} survive SIGKILL: {members}")
         for pid in members:
             try:
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGKILL if now >= kill_at else signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def pids(folder: Path) -> list[int]:
@@ -79,8 +82,10 @@ def reap(owner: int, root: Path, every: float = 1.0) -> None:
                     os.kill(worker, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            stop_sessions(pids(root / "sessions"))
-            shutil.rmtree(root, ignore_errors=True)
+            try:
+                stop_sessions(pids(root / "sessions"), GRACE)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
             return
         time.sleep(every)
 

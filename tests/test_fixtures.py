@@ -29,7 +29,7 @@ from tests.conftest import (
     session_members,
     spawn,
     stop_group,
-    stop_session,
+    stop_sessions,
     wait_healthy,
 )
 
@@ -226,7 +226,7 @@ def test_a_killed_run_still_stops_the_servers_it_started(
     finally:
         run.kill()
         if pid_file.is_file():
-            stop_session(int(pid_file.read_text()), kill=True)
+            stop_sessions([int(pid_file.read_text())], kill=True)
 
 
 def test_the_reaper_counts_a_killed_unreaped_owner_as_gone() -> None:
