@@ -1,8 +1,14 @@
-"""The run's Prefect test server (`start_prefect_harness` in tests/conftest.py): Prefect's API
+"""The Prefect servers of the tests, with SQLite lock waits of seconds (`shorter_lock_waits`).
+
+The run's Prefect test server (`start_prefect_harness` in tests/conftest.py): Prefect's API
 app under uvicorn, as `prefect_test_harness` runs it, which also exits once the pytest process
-that owns the run is gone (killed, not only ended), so no server outlives a run.
+that owns the run is gone (killed, not only ended), so no server outlives a run:
 
     python tests/prefect_test_server.py OWNER_PID PORT
+
+Prefect's own CLI, for the deployment groups' `prefect server start` (tests/deploy/conftest.py):
+
+    python tests/prefect_test_server.py prefect server start --host 127.0.0.1 --port PORT
 """
 
 from __future__ import annotations
@@ -43,9 +49,14 @@ def shorter_lock_waits(milliseconds: int) -> None:
     The holder is one of its own connections, whose coroutine is itself waiting: a deadlock
     inside the process, most likely. Nothing moves until the waiter gives up: the whole run
     sat idle (both cores at 1-4 %) for up to a minute at a time, two or three times a run,
-    and a flow whose `POST /flow_runs/` met it got a 503 after its client's retries. With a short wait the deadlock ends within seconds:
+    and a flow whose `POST /flow_runs/` met it got a 503 after its client's retries. With a
+    short wait the deadlock ends within seconds:
     the waiting write fails and is retried (the task-run recorder retries its events, Prefect's
-    client retries a 503), as it would have after the minute."""
+    client retries a 503), as it would have after the minute.
+
+    The deployment groups' `prefect server start` met the same: docket logged
+    `mark_work_queues_ready` after 60523 ms, and for that minute no worker poll was answered,
+    so one deployment test took 82 s instead of 22 s."""
     from prefect.server.database.configurations import AioSqliteConfiguration
 
     setup = AioSqliteConfiguration.setup_sqlite
@@ -61,6 +72,11 @@ def shorter_lock_waits(milliseconds: int) -> None:
 
 if __name__ == "__main__":
     shorter_lock_waits(LOCK_WAIT_MS)
+    if sys.argv[1] == "prefect":
+        from prefect.cli import app
+
+        sys.argv = sys.argv[1:]
+        sys.exit(app())
     owner, port = int(sys.argv[1]), int(sys.argv[2])
     threading.Thread(target=exit_when_gone, args=(owner,), daemon=True).start()
     uvicorn.run(

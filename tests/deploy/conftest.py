@@ -11,6 +11,7 @@ import re
 import shlex
 import sqlite3
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -53,6 +54,9 @@ RUN_TIMEOUT = 120
 #: the schedule test sees the loop at work in seconds. The other loops keep their defaults.
 SCHEDULER_LOOP_SECONDS = 2
 
+#: Prefect's CLI with the SQLite lock waits of the run's test server (seconds, not a minute).
+PREFECT_CLI = ROOT / "tests" / "prefect_test_server.py"
+
 #: The start of a line of the server log: "21:20:03.913 | ERROR   | logger.name - message".
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (?P<level>\w+) +\| (?P<logger>\S+) - ")
 
@@ -78,7 +82,8 @@ def wait_for(
 
 @dataclass
 class PrefectServer:
-    """A real `prefect server start` on 127.0.0.1 with a PREFECT_HOME of its own."""
+    """A real `prefect server start` on 127.0.0.1 with a PREFECT_HOME of its own (its SQLite
+    lock waits shortened, `tests.prefect_test_server.shorter_lock_waits`)."""
 
     home: Path
     #: A migrated Prefect database its own database starts as a copy of (None: a new one).
@@ -126,7 +131,10 @@ class PrefectServer:
         self.log = (self.home / "server.log").open("ab")
         self.process = spawn(
             f"prefect server on port {self.port}",
-            shlex.split(f"uv run prefect server start --host 127.0.0.1 --port {self.port}"),
+            # `prefect server start`, through Prefect's CLI in a process that first shortens
+            # its SQLite lock waits from a minute to seconds (tests/prefect_test_server.py).
+            [sys.executable, str(PREFECT_CLI), "prefect", "server", "start"]
+            + ["--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT,
             env=self.env(
                 PREFECT_UI_ENABLED="true",
