@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect_dask.task_runners import DaskTaskRunner
 
 from api.schemas import BackfillKind
 from flows.engine import chunk_task_runner
@@ -19,6 +18,10 @@ from tests.flows.test_e2e import coverage, records, register
 
 
 def test_the_task_runner_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Imported here: prefect_dask (and distributed) cost ~0.4 s of CPU to import, in every
+    # xdist worker's collection when at the top.
+    from prefect_dask.task_runners import DaskTaskRunner
+
     monkeypatch.delenv("BACKFILL_TASK_RUNNER", raising=False)
     assert isinstance(chunk_task_runner(), ThreadPoolTaskRunner)
 
@@ -36,6 +39,8 @@ def test_the_task_runner_is_chosen_by_the_environment(monkeypatch: pytest.Monkey
 @pytest.mark.usefixtures("prefect_api_url")
 @pytest.mark.timeout(240)
 def test_file_hashing_on_a_local_dask_cluster(client_env: LiveApi, media_root: Path) -> None:
+    from prefect_dask.task_runners import DaskTaskRunner
+
     paths = []
     for i in range(12):
         path = media_root / "blobs" / f"{i:02d}.bin"
