@@ -272,3 +272,23 @@ def test_the_prefect_test_server_waits_seconds_for_a_sqlite_lock_not_a_minute(
     monkeypatch.setattr(AioSqliteConfiguration, "setup_sqlite", AioSqliteConfiguration.setup_sqlite)
     prefect_test_server.shorter_lock_waits(prefect_test_server.LOCK_WAIT_MS)
     assert busy_timeout() == prefect_test_server.LOCK_WAIT_MS < prefects_own
+
+
+def test_a_lock_refusal_of_a_prefect_server_loop_is_not_a_broken_loop(tmp_path: Path) -> None:
+    from tests.deploy.conftest import PrefectServer
+
+    server = PrefectServer(home=tmp_path)
+    server.log_path.write_text(
+        "19:12:10.901 | ERROR   | docket.dependencies - ↩ [  5444ms] mark_work_queues_ready()\n"
+        "Traceback (most recent call last):\n"
+        "sqlite3.OperationalError: database is locked\n"
+        "19:12:11.002 | INFO    | prefect.server - fine\n"
+        "19:12:12.003 | ERROR   | prefect.server.services.scheduler - Unexpected error\n"
+        "Traceback (most recent call last):\n"
+        "sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement\n"
+        "19:12:13.004 | ERROR   | prefect.server - Encountered error during state validation\n"
+    )
+
+    (broken,) = server.service_errors()
+    assert "prefect.server.services.scheduler" in broken and "bulk DML" in broken
+    assert len(server.errors()) == 3  # the lock refusal and the API's error are still ERRORs

@@ -195,11 +195,18 @@ class PrefectServer:
 
     def service_errors(self, since: int = 0) -> list[str]:
         """What a loop of the server (scheduler, late runs, repossessor, ...) logged when it
-        raised, from byte `since` of the server log on; also any stray traceback."""
+        raised, from byte `since` of the server log on; also any stray traceback.
+
+        Not a lock refusal ("database is locked"): under load, a write of Prefect's server
+        meets its own SQLite lock now and then, and with a wait of 5 s, not a minute
+        (tests/prefect_test_server.py), it fails instead of stalling the server. The loop or
+        the work it does runs again (the task-run recorder retries its events; the next poll
+        of a worker marks its queues ready again). A broken loop raises on every pass."""
         return [
             text
             for logger, text in self.errors(since)
-            if logger == "?" or logger.startswith(LOOP_LOGGERS)
+            if (logger == "?" or logger.startswith(LOOP_LOGGERS))
+            and "database is locked" not in text
         ]
 
     def log_size(self) -> int:
@@ -339,13 +346,9 @@ def no_server_loop_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     server: PrefectServer = request.getfixturevalue("prefect_server")
     yield
     size = server.log_size()
-    # SQLite lock contention in Prefect's own database under load ("database is locked") is
-    # retried by the loop that met it ("1 to retry, 0 dropped"): a warning, not a broken loop.
-    errors = [
-        text
-        for text in server.service_errors(since=server.checked)
-        if "database is locked" not in text
-    ]
+    # A lock refusal ("database is locked", see `service_errors`) is a warning, not a
+    # broken loop.
+    errors = server.service_errors(since=server.checked)
     others = [text for logger, text in server.errors(since=server.checked) if text not in errors]
     server.checked = size
     for text in others:  # e.g. "database is locked" persisting a worker heartbeat, under load
