@@ -76,9 +76,21 @@ def spawn(what: str, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any
     `stop_group` has emptied it."""
     process: subprocess.Popen[Any] = subprocess.Popen(args, start_new_session=True, **kwargs)
     STARTED[process.pid] = what
-    if SESSIONS is not None:
-        (SESSIONS / str(process.pid)).write_text(what)
+    name_session(process.pid, what)
     return process
+
+
+def name_session(sid: int, what: str) -> None:
+    """Name session `sid` for the run's reaper, which stops it if the run is killed."""
+    if SESSIONS is not None:
+        (SESSIONS / str(sid)).write_text(what)
+
+
+def stop_named_session(sid: int, timeout: float = 20.0, *, kill: bool = False) -> None:
+    """Stop session `sid` (`stop_sessions`), then take its name off the reaper's list."""
+    stop_sessions([sid], timeout, kill=kill)
+    if SESSIONS is not None:
+        (SESSIONS / str(sid)).unlink(missing_ok=True)
 
 
 def stop_group(
@@ -96,10 +108,8 @@ def stop_group(
         except ProcessLookupError:
             process.wait(timeout=timeout)
     # Children that outlived their parent (same session id as the leader's pid).
-    stop_sessions([process.pid], timeout, kill=True)
+    stop_named_session(process.pid, timeout, kill=True)
     STARTED.pop(process.pid, None)
-    if SESSIONS is not None:
-        (SESSIONS / str(process.pid)).unlink(missing_ok=True)
 
 
 #: Session fixtures too costly to start in every xdist worker, each with the group of the tests
@@ -701,15 +711,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """xdist controller: tell each worker the run's folder and the pid that owns the run."""
+    """xdist controller: tell each worker the run's folder."""
     node.workerinput["backfill_run_root"] = str(node.config.stash[RUN_ROOT])
-    node.workerinput["backfill_run_owner"] = os.getpid()
-
-
-def run_owner(config: pytest.Config) -> int:
-    """The pid of the process that owns the run: the xdist controller, or this process."""
-    workerinput = getattr(config, "workerinput", None)
-    return int(workerinput["backfill_run_owner"]) if workerinput is not None else os.getpid()
 
 
 def run_root(config: pytest.Config) -> Path:
@@ -762,11 +765,16 @@ def prefect_env(home: Path, **extra: str) -> dict[str, str]:
     return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | extra
 
 
-def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, Any]:
+#: The Prefect servers of the run, with SQLite lock waits of seconds: the test server, and
+#: Prefect's CLI for the deployment groups' `prefect server start`.
+PREFECT_TEST_SERVER = Path(__file__).with_name("prefect_test_server.py")
+
+
+def start_prefect_harness(folder: Path, record: Path) -> dict[str, Any]:
     """Start the server `prefect_test_harness` starts (Prefect's API in ephemeral mode: no UI,
     only the services an ephemeral server runs) over a new database in `folder`, in a session
-    of its own, exiting by itself once process `owner` is gone (tests/prefect_test_server.py);
-    its pid goes into `record` at once, its URL once its /health answers (on the deadline of
+    of its own that the run's reaper stops if the run is killed (`name_session`; the run's
+    end stops it otherwise, `stop_prefect_harness`); its pid goes into `record` at once, its URL once its /health answers (on the deadline of
     `prefect_server_timeout()`). On any failure, an interrupt included, it is stopped."""
     folder.mkdir(parents=True, exist_ok=True)
     database = folder / "prefect.db"
@@ -778,18 +786,19 @@ def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, A
         PREFECT__SERVER_EPHEMERAL="1",
         PREFECT__SERVER_FINAL="1",
     )
-    script = Path(__file__).with_name("prefect_test_server.py")
     log_path = folder / "server.log"
 
     def start(port: int) -> dict[str, Any]:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, str(script), str(owner), str(port)],
+                [sys.executable, str(PREFECT_TEST_SERVER), str(port)],
                 start_new_session=True,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        # Not `spawn`: it outlives the worker that starts it, whose leak check would stop it.
+        name_session(process.pid, "the Prefect test server")
         started: dict[str, Any] = {"pid": process.pid}
         record.write_text(json.dumps(started))  # from now on the run's end stops it
         url = f"http://127.0.0.1:{port}/api"
@@ -803,7 +812,7 @@ def start_prefect_harness(folder: Path, owner: int, record: Path) -> dict[str, A
                 what="the Prefect test server",
             )
         except BaseException:
-            stop_sessions([process.pid])
+            stop_named_session(process.pid)
             raise
         return started | {"url": url}
 
@@ -817,7 +826,7 @@ def stop_prefect_harness(root: Path) -> None:
     if record.is_file():
         pid = json.loads(record.read_text()).get("pid")
         if pid is not None:
-            stop_sessions([pid])
+            stop_named_session(pid)
         record.unlink()
 
 
@@ -835,7 +844,7 @@ def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
         if not record.is_file():
             folder = root / "prefect-harness"
             try:
-                started = start_prefect_harness(folder, run_owner(config), record)
+                started = start_prefect_harness(folder, record)
                 copy_sqlite(folder / "prefect.db", root / TEMPLATE)
             except Exception as exc:
                 stop_prefect_harness(root)  # one that answered, but could not be copied

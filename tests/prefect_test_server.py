@@ -1,10 +1,10 @@
 """The Prefect servers of the tests, with SQLite lock waits of seconds (`shorter_lock_waits`).
 
 The run's Prefect test server (`start_prefect_harness` in tests/conftest.py): Prefect's API
-app under uvicorn, as `prefect_test_harness` runs it, which also exits once the pytest process
-that owns the run is gone (killed, not only ended), so no server outlives a run:
+app under uvicorn, as `prefect_test_harness` runs it (the run's reaper, tests/reaper.py, stops
+it if the run is killed):
 
-    python tests/prefect_test_server.py OWNER_PID PORT
+    python tests/prefect_test_server.py PORT
 
 Prefect's own CLI, for the deployment groups' `prefect server start` (tests/deploy/conftest.py):
 
@@ -13,26 +13,10 @@ Prefect's own CLI, for the deployment groups' `prefect server start` (tests/depl
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
-import time
 from typing import Any
 
 import uvicorn
-
-
-def exit_when_gone(owner: int) -> None:
-    """SIGTERM this process (uvicorn's graceful stop) once process `owner` has ended."""
-    while True:
-        try:
-            os.kill(owner, 0)
-        except ProcessLookupError:
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        time.sleep(1)
-
 
 #: How long a write of this server waits for SQLite's write lock before it fails (Prefect: 60 s,
 #: hard-coded). See `shorter_lock_waits`.
@@ -77,13 +61,11 @@ if __name__ == "__main__":
 
         sys.argv = sys.argv[1:]
         sys.exit(app())
-    owner, port = int(sys.argv[1]), int(sys.argv[2])
-    threading.Thread(target=exit_when_gone, args=(owner,), daemon=True).start()
     uvicorn.run(
         "prefect.server.api.server:create_app",
         factory=True,
         host="127.0.0.1",
-        port=port,
+        port=int(sys.argv[1]),
         log_level="error",
         lifespan="on",
         # Open connections (an xdist worker's, orphaned with the run) hold a graceful stop.

@@ -4,7 +4,8 @@ gone without stopping them itself (killed: SIGKILL, SIGTERM, a CI job out of tim
     python tests/reaper.py OWNER_PID RUN_ROOT
 
 `tests.conftest.spawn` starts each server in a session of its own and names it by a file in
-RUN_ROOT/sessions; `stop_group` removes the file. Each xdist worker names itself in
+RUN_ROOT/sessions (`name_session`, which the run's Prefect test server goes through too);
+stopping it removes the file. Each xdist worker names itself in
 RUN_ROOT/workers. While OWNER_PID lives, the reaper only waits; once it is gone, it kills
 the workers (so they start nothing more), stops every session still named (SIGTERM, SIGKILL
 after 10 s), removes RUN_ROOT and exits. A run that ends normally stops the reaper itself

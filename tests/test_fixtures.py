@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import (
+    HARNESS_RECORD,
     ROOT,
     STARTED,
     InThreadApi,
@@ -25,6 +27,7 @@ from tests.conftest import (
     ephemeral_ports,
     free_port,
     prefect_env,
+    run_root,
     server_timeout,
     session_members,
     spawn,
@@ -292,3 +295,15 @@ def test_a_lock_refusal_of_a_prefect_server_loop_is_not_a_broken_loop(tmp_path: 
     (broken,) = server.service_errors()
     assert "prefect.server.services.scheduler" in broken and "bulk DML" in broken
     assert len(server.errors()) == 3  # the lock refusal and the API's error are still ERRORs
+
+
+@pytest.mark.usefixtures("prefect_api_url")
+def test_the_runs_prefect_test_server_is_named_for_the_reaper(
+    request: pytest.FixtureRequest,
+) -> None:
+    """It is not started by `spawn` (it outlives the worker that starts it), so it is named
+    for the reaper on its own; the reaper stops what is named once the run is killed."""
+    root = run_root(request.config)
+    pid = json.loads((root / HARNESS_RECORD).read_text())["pid"]
+    assert (root / "sessions" / str(pid)).read_text() == "the Prefect test server"
+    assert pid in session_members(pid)  # alive

@@ -25,6 +25,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from tests.conftest import (
     LAST_OF_GROUP,
+    PREFECT_TEST_SERVER,
     ROOT,
     LiveApi,
     copy_sqlite,
@@ -53,9 +54,6 @@ RUN_TIMEOUT = 120
 #: How often the test server's scheduler loop runs (Prefect's default is 60 s): short, so
 #: the schedule test sees the loop at work in seconds. The other loops keep their defaults.
 SCHEDULER_LOOP_SECONDS = 2
-
-#: Prefect's CLI with the SQLite lock waits of the run's test server (seconds, not a minute).
-PREFECT_CLI = ROOT / "tests" / "prefect_test_server.py"
 
 #: The start of a line of the server log: "21:20:03.913 | ERROR   | logger.name - message".
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (?P<level>\w+) +\| (?P<logger>\S+) - ")
@@ -133,7 +131,7 @@ class PrefectServer:
             f"prefect server on port {self.port}",
             # `prefect server start`, through Prefect's CLI in a process that first shortens
             # its SQLite lock waits from a minute to seconds (tests/prefect_test_server.py).
-            [sys.executable, str(PREFECT_CLI), "prefect", "server", "start"]
+            [sys.executable, str(PREFECT_TEST_SERVER), "prefect", "server", "start"]
             + ["--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT,
             env=self.env(
