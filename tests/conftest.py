@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,22 +202,26 @@ def xdist_groups(item: pytest.Item) -> str:
     return "_".join(sorted(names))
 
 
-def apply_xdist_groups(items: list[pytest.Item]) -> None:
-    """Give each grouped test the id suffix `@group` that `--dist loadgroup` schedules by.
+def check_node_ids(items: list[pytest.Item], loadgroup: bool) -> None:
+    """Refuse a collection that xdist would run wrongly, instead of letting it run part of
+    the tests in silence:
+    - two tests with one node id: xdist's loadgroup scheduler keys its queue by node id and
+      runs one of them (under pytest 9.2, schemathesis' 27 per-operation tests shared one id,
+      and 26 of them never ran; `--deselect` and `--lf` cannot tell them apart either);
+    - under `--dist loadgroup`, a grouped test whose id lacks the `@group` suffix that keeps
+      the group on one worker (pytest 9.2 also ignored the id xdist sets,
+      pytest-xdist#1386: both workers started a Prefect server).
 
-    pytest-xdist 3.8 sets the legacy `item._nodeid`, which pytest >= 9.2 no longer reads (its
-    ids are structured, `item._id`): the groups were silently ignored and both workers started
-    a Prefect server (pytest-dev/pytest-xdist#1386). Set the structured id the same way; fail
-    the run if a group still does not show in the id."""
-    for item in items:
+    pyproject.toml pins pytest below 9.2 for both."""
+    repeated = sorted(nodeid for nodeid, n in Counter(i.nodeid for i in items).items() if n > 1)
+    if repeated:
+        raise pytest.UsageError(
+            f"{len(repeated)} node ids name more than one test (xdist would run one of each): "
+            + ", ".join(repeated[:5])
+        )
+    for item in items if loadgroup else ():
         suffix = xdist_groups(item)
-        if not suffix or item.nodeid.endswith(f"@{suffix}"):
-            continue
-        if hasattr(item, "_id"):
-            from _pytest.nodeid import NodeId
-
-            item._id = NodeId.parse(f"{item.nodeid}@{suffix}")
-        if not item.nodeid.endswith(f"@{suffix}"):
+        if suffix and not item.nodeid.endswith(f"@{suffix}"):
             raise pytest.UsageError(
                 f"--dist loadgroup: xdist_group {suffix!r} of {item.nodeid} did not reach its "
                 "id; this pytest/pytest-xdist pair cannot keep a group on one worker"
@@ -234,10 +239,11 @@ def pytest_collection_modifyitems(
         if group := one_worker_group(item):
             item.add_marker(pytest.mark.xdist_group(group))
     yield
-    # After them (-k and -m have deselected): an xdist worker of a loadgroup run.
-    if getattr(config.option, "loadgroup", False):
+    # After them (-k and -m have deselected; xdist has added the groups to the ids).
+    loadgroup = bool(getattr(config.option, "loadgroup", False))
+    if loadgroup:  # an xdist worker of a loadgroup run
         first_the_longest(items)
-        apply_xdist_groups(items)
+    check_node_ids(items, loadgroup)
 
 
 #: The id of the last test (in run order) of each `ONE_WORKER` group: what the group shares

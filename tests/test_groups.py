@@ -1,8 +1,12 @@
 """The tests of a costly session fixture (`ONE_WORKER` in tests/conftest.py) are put in its
 xdist group by the fixtures they use, and under `--dist loadgroup` the group reaches the id
-xdist schedules by (pytest >= 9.2 ignored xdist's own way of writing it)."""
+xdist schedules by; a collection whose ids xdist would run wrongly is refused (pytest 9.2 gave
+schemathesis' per-operation tests one id, and ignored the group xdist writes in it)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -10,6 +14,7 @@ from tests.conftest import (
     ONE_WORKER,
     PREFECT_SERVER_GROUPS,
     ROOT,
+    check_node_ids,
     one_worker_group,
     prefect_server_group,
     xdist_groups,
@@ -44,3 +49,19 @@ def test_the_prefect_server_groups_name_real_modules() -> None:
     assert len(PREFECT_GROUPS) == 2
     for module in PREFECT_SERVER_GROUPS:
         assert (ROOT / "tests" / "deploy" / f"{module}.py").is_file(), module
+
+
+def test_two_tests_of_one_node_id_are_refused() -> None:
+    """xdist's loadgroup queue is keyed by node id: of two tests with one id it runs one."""
+    items: list[Any] = [SimpleNamespace(nodeid=f"tests/t.py::test_{n}") for n in "aba"]
+    with pytest.raises(pytest.UsageError, match=r"1 node ids .*tests/t.py::test_a"):
+        check_node_ids(items, loadgroup=False)
+    check_node_ids(items[:2], loadgroup=False)
+
+
+def test_every_test_of_the_run_has_its_own_node_id(request: pytest.FixtureRequest) -> None:
+    """The fuzzing module's per-operation tests included (one id for all 27 under pytest 9.2)."""
+    ids = [item.nodeid for item in request.session.items]
+    assert len(ids) == len(set(ids))
+    fuzz = [i for i in ids if "test_every_endpoint_survives_fuzzing" in i]
+    assert all("[" in i for i in fuzz), fuzz[:3]
