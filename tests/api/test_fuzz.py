@@ -98,8 +98,9 @@ def fuzz_app(database_url: str) -> Iterator[FastAPI]:
 
 def _load_schema() -> OpenApiSchema:
     """The OpenAPI document the app serves. It does not depend on the database, so it is
-    read from an app over an unused in-memory URL at import time (schemathesis' lazy
-    `from_fixture` loader does not work with pytest 9); requests go to `fuzz_app`."""
+    read from an app over an unused in-memory URL at import time; requests go to `fuzz_app`.
+    (schemathesis' lazy `from_fixture` would run the 27 operations as subtests of one test,
+    on one xdist worker; parametrized, they are 27 tests that xdist spreads.)"""
     from api.core.config import Settings
     from api.main import create_app
 
