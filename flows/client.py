@@ -263,7 +263,12 @@ def retry_delay(exc: APIError, attempt: int) -> float:
     if isinstance(exc, APIStatusError) and exc.retry_after is not None:
         return min(exc.retry_after, MAX_RETRY_AFTER)
     backoff = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
-    return backoff * (1 - 0.25 * random.random())  # jitter: parallel chunks spread out
+    return backoff * (1 - 0.25 * _JITTER.random())  # jitter: parallel chunks spread out
+
+
+#: The jitter's own generator: retries in a background thread leave the process' `random`
+#: alone (a seeded simulation, or hypothesis, which flags a global state changed mid-draw).
+_JITTER = random.Random()
 
 
 # --- Helpers -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -265,10 +266,12 @@ def test_outage_shorter_than_the_deadline_is_ridden_out_with_one_line_each_way(
         return httpx.Response(200, json=RESULT)
 
     route = router.post("/backfills/media-duration").mock(side_effect=api)
+    process_random = random.getstate()
     with caplog.at_level(logging.DEBUG, logger=log.name):
         result = client.post_results(BackfillKind.MEDIA_DURATION, DURATIONS)
 
     assert result.applied == 2
+    assert random.getstate() == process_random  # the jitter has a generator of its own
     assert 200 <= clock.now - (back_at - 200) <= 200 + MAX_RETRY_DELAY
     waits = clock.sleeps
     assert 0.375 <= waits[0] <= 0.5  # starts small...
