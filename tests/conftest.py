@@ -216,7 +216,7 @@ def check_node_ids(items: list[pytest.Item], loadgroup: bool) -> None:
     repeated = sorted(nodeid for nodeid, n in Counter(i.nodeid for i in items).items() if n > 1)
     if repeated:
         raise pytest.UsageError(
-            f"{len(repeated)} node ids name more than one test (xdist would run one of each): "
+            f"{len(repeated)} node id(s) shared by several tests (xdist runs one test of each): "
             + ", ".join(repeated[:5])
         )
     for item in items if loadgroup else ():

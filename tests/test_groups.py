@@ -54,7 +54,7 @@ def test_the_prefect_server_groups_name_real_modules() -> None:
 def test_two_tests_of_one_node_id_are_refused() -> None:
     """xdist's loadgroup queue is keyed by node id: of two tests with one id it runs one."""
     items: list[Any] = [SimpleNamespace(nodeid=f"tests/t.py::test_{n}") for n in "aba"]
-    with pytest.raises(pytest.UsageError, match=r"1 node ids .*tests/t.py::test_a"):
+    with pytest.raises(pytest.UsageError, match=r"1 node id\(s\) shared .*tests/t.py::test_a"):
         check_node_ids(items, loadgroup=False)
     check_node_ids(items[:2], loadgroup=False)
 
