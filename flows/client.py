@@ -117,6 +117,9 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 10.0
 #: Longest `Retry-After` we honour; a larger one is capped rather than believed.
 MAX_RETRY_AFTER = 60.0
+#: The jitter's own generator: retries in a background thread leave the process' `random`
+#: alone (a seeded simulation, or hypothesis, which flags a global state changed mid-draw).
+_JITTER = random.Random()
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -264,11 +267,6 @@ def retry_delay(exc: APIError, attempt: int) -> float:
         return min(exc.retry_after, MAX_RETRY_AFTER)
     backoff = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
     return backoff * (1 - 0.25 * _JITTER.random())  # jitter: parallel chunks spread out
-
-
-#: The jitter's own generator: retries in a background thread leave the process' `random`
-#: alone (a seeded simulation, or hypothesis, which flags a global state changed mid-draw).
-_JITTER = random.Random()
 
 
 # --- Helpers -------------------------------------------------------------------------------

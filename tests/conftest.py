@@ -219,7 +219,9 @@ def check_node_ids(items: list[pytest.Item], loadgroup: bool) -> None:
             f"{len(repeated)} node id(s) shared by several tests (xdist runs one test of each): "
             + ", ".join(repeated[:5])
         )
-    for item in items if loadgroup else ():
+    if not loadgroup:
+        return
+    for item in items:
         suffix = xdist_groups(item)
         if suffix and not item.nodeid.endswith(f"@{suffix}"):
             raise pytest.UsageError(
@@ -780,8 +782,9 @@ def start_prefect_harness(folder: Path, record: Path) -> dict[str, Any]:
     """Start the server `prefect_test_harness` starts (Prefect's API in ephemeral mode: no UI,
     only the services an ephemeral server runs) over a new database in `folder`, in a session
     of its own that the run's reaper stops if the run is killed (`name_session`; the run's
-    end stops it otherwise, `stop_prefect_harness`); its pid goes into `record` at once, its URL once its /health answers (on the deadline of
-    `prefect_server_timeout()`). On any failure, an interrupt included, it is stopped."""
+    end stops it otherwise, `stop_prefect_harness`); its pid goes into `record` at once, its
+    URL once its /health answers (on the deadline of `prefect_server_timeout()`). On any
+    failure, an interrupt included, it is stopped."""
     folder.mkdir(parents=True, exist_ok=True)
     database = folder / "prefect.db"
     env = prefect_env(

@@ -152,11 +152,15 @@ def test_an_api_that_exits_at_once_leaves_nothing(tmp_path: Path) -> None:
     assert session_members(leader) == [] and leader not in STARTED
 
 
-def inner_session(folder: Path, hooks: str, test: str, workers: list[str]) -> dict[str, Any]:
+def inner_session(
+    folder: Path, hooks: str, test: str, workers: list[str], conftest: str = ""
+) -> dict[str, Any]:
     """Popen arguments of a pytest session in `folder` over one test file `test`, with the
-    hooks `hooks` of tests/conftest.py, and only the plugins it needs (not schemathesis',
-    hypothesis', Playwright's, ...)."""
-    (folder / "conftest.py").write_text(f"from tests.conftest import {hooks}  # noqa: F401\n")
+    hooks `hooks` of tests/conftest.py (and the code `conftest` after them), and only the
+    plugins it needs (not schemathesis', hypothesis', Playwright's, ...)."""
+    (folder / "conftest.py").write_text(
+        f"from tests.conftest import {hooks}  # noqa: F401\n{conftest}"
+    )
     (folder / "test_inner.py").write_text(test)
     return {
         "args": [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", "/dev/null"]
@@ -166,6 +170,38 @@ def inner_session(folder: Path, hooks: str, test: str, workers: list[str]) -> di
         "env": {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
         | {"PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
     }
+
+
+#: Two tests of one node id, as schemathesis' per-operation tests were under pytest 9.2.
+TWINS = """
+import pytest
+
+class Twin(pytest.Item):
+    def runtest(self):
+        pass
+
+class Twins(pytest.File):
+    def collect(self):
+        return [Twin.from_parent(self, name="twin"), Twin.from_parent(self, name="twin")]
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix == ".twins":
+        return Twins.from_parent(parent, path=file_path)
+"""
+
+
+@pytest.mark.slow  # a whole pytest session in a subprocess
+def test_a_collection_with_two_tests_of_one_node_id_is_refused(tmp_path: Path) -> None:
+    """xdist would run one of them (its loadgroup queue is keyed by node id): the session
+    stops at collection (`check_node_ids`) instead of running part of the tests."""
+    (tmp_path / "a.twins").write_text("")
+    session = inner_session(
+        tmp_path, "pytest_collection_modifyitems", "def test_one():\n    pass\n", [], TWINS
+    )
+    done = subprocess.run(**session, capture_output=True, text=True, timeout=server_timeout())
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert "1 node id(s) shared by several tests" in done.stderr, done.stderr
+    assert "a.twins::twin" in done.stderr and "passed" not in done.stdout
 
 
 @pytest.mark.slow  # a whole pytest session in a subprocess, twice
