@@ -695,8 +695,8 @@ REAPER = pytest.StashKey[subprocess.Popen[bytes]]()
 #: Where `prefect_api_url` records the run's one Prefect test server (its URL and pid).
 HARNESS_RECORD = "prefect-harness.json"
 
-#: The migrated Prefect database every Prefect server of the run starts from a copy of.
-TEMPLATE = "prefect-template.db"
+#: The Prefect home every Prefect server of the run starts from a copy of (`seed_prefect_home`).
+TEMPLATE = "prefect-template"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -751,6 +751,48 @@ def run_lock(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+#: What of a Prefect home a new server starts from: its database, migrated, and Prefect's memo
+#: that the block types are registered in it. Without them a start costs about 11 s more of
+#: CPU (the migrations of a new database), or 2 s more (the block registration).
+PREFECT_HOME_FILES = ("prefect.db", "memo_store.toml")
+
+
+def seed_prefect_home(source: Path, home: Path) -> None:
+    """Start Prefect home `home` (a server's PREFECT_HOME, new) from the files of `source`
+    that exist (`PREFECT_HOME_FILES`); an existing database of `home` is kept."""
+    home.mkdir(parents=True, exist_ok=True)
+    database, memo = PREFECT_HOME_FILES
+    if (source / database).is_file() and not (home / database).exists():
+        copy_sqlite(source / database, home / database)
+    if (source / memo).is_file():
+        shutil.copyfile(source / memo, home / memo)
+
+
+def cached_prefect_home(config: pytest.Config) -> Path | None:
+    """The Prefect home this Prefect version's first test server left in pytest's cache
+    (.pytest_cache), for the next run's to start from; None without a cache (`-p
+    no:cacheprovider`)."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return None
+    from prefect import __version__
+
+    return Path(cache.mkdir(f"prefect-home-{__version__}"))
+
+
+def store_prefect_home(source: Path, cached: Path) -> None:
+    """Keep the files of Prefect home `source` in `cached`, each replaced at once, so that a
+    run reading it meanwhile (another pytest) sees a whole file or none."""
+    for name in PREFECT_HOME_FILES:
+        if (source / name).is_file():
+            part = cached / f".{name}.{os.getpid()}.part"
+            if name.endswith(".db"):
+                copy_sqlite(source / name, part)
+            else:
+                shutil.copyfile(source / name, part)
+            os.replace(part, cached / name)
+
+
 def copy_sqlite(source: Path, target: Path) -> None:
     """A consistent copy of SQLite file `source` at `target` (the backup API, WAL or not)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -794,6 +836,8 @@ def start_prefect_harness(folder: Path, record: Path) -> dict[str, Any]:
         # What prefect.server.api.server.SubprocessASGIServer (the harness's server) sets.
         PREFECT__SERVER_EPHEMERAL="1",
         PREFECT__SERVER_FINAL="1",
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="false",
+        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false",
     )
     log_path = folder / "server.log"
 
@@ -844,17 +888,23 @@ def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
     to ask (the others wait on a lock and find it in the run's folder); it outlives that
     worker, and the run stops it at its very end (`pytest_sessionfinish` of the controller).
 
-    Right after it has migrated its new database, a copy is kept as the template every other
-    Prefect server of the run starts from (`prefect_db_template`): migrating a new database
-    costs about 12 s of CPU a server."""
+    Right after it has migrated its new database, a copy of its home is kept as the template
+    every other Prefect server of the run starts from (`prefect_home_template`), and in
+    pytest's cache for the next run's test server (`cached_prefect_home`; the cache is per
+    Prefect version): a new database costs about 11 s of CPU a server to migrate."""
     root = run_root(config)
     record = root / HARNESS_RECORD
     with run_lock(root, "prefect-harness"):
         if not record.is_file():
             folder = root / "prefect-harness"
+            cached = cached_prefect_home(config)
             try:
+                if cached is not None:
+                    seed_prefect_home(cached, folder)
                 started = start_prefect_harness(folder, record)
-                copy_sqlite(folder / "prefect.db", root / TEMPLATE)
+                seed_prefect_home(folder, root / TEMPLATE)
+                if cached is not None and not (cached / PREFECT_HOME_FILES[0]).is_file():
+                    store_prefect_home(root / TEMPLATE, cached)
             except Exception as exc:
                 stop_prefect_harness(root)  # one that answered, but could not be copied
                 # The next worker to ask fails at once instead of waiting out the deadline again.
@@ -868,9 +918,9 @@ def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def prefect_db_template(request: pytest.FixtureRequest) -> Path:
-    """A migrated Prefect database to copy (see `shared_prefect_server`). The demo's test
-    starts from a new one: that is what a user's first run does."""
+def prefect_home_template(request: pytest.FixtureRequest) -> Path:
+    """A Prefect home to start a server from (`seed_prefect_home`; see `shared_prefect_server`).
+    The demo's test starts from a new one: that is what a user's first run does."""
     shared_prefect_server(request.config)
     return run_root(request.config) / TEMPLATE
 

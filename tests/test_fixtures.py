@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,11 +29,13 @@ from tests.conftest import (
     free_port,
     prefect_env,
     run_root,
+    seed_prefect_home,
     server_timeout,
     session_members,
     spawn,
     stop_group,
     stop_sessions,
+    store_prefect_home,
     wait_healthy,
 )
 
@@ -343,3 +346,44 @@ def test_the_runs_prefect_test_server_is_named_for_the_reaper(
     pid = json.loads((root / HARNESS_RECORD).read_text())["pid"]
     assert (root / "sessions" / str(pid)).read_text() == "the Prefect test server"
     assert pid in session_members(pid)  # alive
+
+
+def test_only_the_tests_and_the_named_plugins_have_their_asserts_rewritten() -> None:
+    """pyproject.toml loads the plugins it names, not every installed one: pytest would rewrite
+    the asserts of every module of their packages (schemathesis, hypothesis, anyio) in each
+    worker, uncached where PYTHONDONTWRITEBYTECODE is set."""
+    import anyio
+    import hypothesis
+    import schemathesis
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+
+    def rewritten(module: Any) -> bool:
+        return isinstance(module.__spec__.loader, AssertionRewritingHook)
+
+    assert rewritten(sys.modules[__name__])
+    assert [m.__name__ for m in (anyio, hypothesis, schemathesis) if rewritten(m)] == []
+
+
+def test_a_prefect_home_starts_from_the_template_and_keeps_its_own_database(
+    tmp_path: Path,
+) -> None:
+    template, cached, home = tmp_path / "template", tmp_path / "cache", tmp_path / "home"
+    template.mkdir()
+    cached.mkdir()
+    with sqlite3.connect(template / "prefect.db") as conn:
+        conn.execute("CREATE TABLE migrated (revision TEXT)")
+        conn.execute("INSERT INTO migrated VALUES ('head')")
+    conn.close()
+    (template / "memo_store.toml").write_text('block_auto_registration = "abc"\n')
+
+    store_prefect_home(template, cached)
+    assert sorted(p.name for p in cached.iterdir()) == ["memo_store.toml", "prefect.db"]
+    seed_prefect_home(cached, home)
+    with sqlite3.connect(home / "prefect.db") as conn:
+        assert conn.execute("SELECT revision FROM migrated").fetchall() == [("head",)]
+    conn.close()
+    assert (home / "memo_store.toml").read_text() == 'block_auto_registration = "abc"\n'
+
+    (home / "prefect.db").write_bytes(b"its own")  # a server's database is never replaced
+    seed_prefect_home(template, home)
+    assert (home / "prefect.db").read_bytes() == b"its own"

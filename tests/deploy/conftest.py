@@ -28,7 +28,6 @@ from tests.conftest import (
     PREFECT_TEST_SERVER,
     ROOT,
     LiveApi,
-    copy_sqlite,
     free_port,
     migrated_live_api,
     on_a_free_port,
@@ -36,6 +35,7 @@ from tests.conftest import (
     prefect_env,
     prefect_server_group,
     prefect_server_timeout,
+    seed_prefect_home,
     server_timeout,
     session_members,
     spawn,
@@ -84,7 +84,7 @@ class PrefectServer:
     lock waits shortened, `tests.prefect_test_server.shorter_lock_waits`)."""
 
     home: Path
-    #: A migrated Prefect database its own database starts as a copy of (None: a new one).
+    #: A Prefect home its own starts from (`seed_prefect_home`; None: a new one).
     template: Path | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -123,9 +123,8 @@ class PrefectServer:
     def _start(self, port: int, timeout: float | None) -> None:
         self.port = port
         self.home.mkdir(parents=True, exist_ok=True)
-        database = self.home / "prefect.db"  # Prefect's default: $PREFECT_HOME/prefect.db
-        if self.template is not None and not database.exists():
-            copy_sqlite(self.template, database)
+        if self.template is not None:  # Prefect's database: $PREFECT_HOME/prefect.db
+            seed_prefect_home(self.template, self.home)
         self.log = (self.home / "server.log").open("ab")
         self.process = spawn(
             f"prefect server on port {self.port}",
@@ -327,10 +326,10 @@ def started_prefect_server(home: Path, template: Path) -> Iterator[PrefectServer
 
 @pytest.fixture(scope="module")
 def prefect_server(
-    per_group: PerGroup, request: pytest.FixtureRequest, prefect_db_template: Path
+    per_group: PerGroup, request: pytest.FixtureRequest, prefect_home_template: Path
 ) -> PrefectServer:
     return per_group.get(
-        request, "prefect-home", lambda home: started_prefect_server(home, prefect_db_template)
+        request, "prefect-home", lambda home: started_prefect_server(home, prefect_home_template)
     )
 
 
