@@ -822,7 +822,8 @@ PREFECT_TEST_SERVER = Path(__file__).with_name("prefect_test_server.py")
 
 def start_prefect_harness(folder: Path, record: Path) -> dict[str, Any]:
     """Start the server `prefect_test_harness` starts (Prefect's API in ephemeral mode: no UI,
-    only the services an ephemeral server runs) over a new database in `folder`, in a session
+    only the services an ephemeral server runs, less the two for events) over the database in
+    `folder` (a new one, or one `seed_prefect_home` put there), in a session
     of its own that the run's reaper stops if the run is killed (`name_session`; the run's
     end stops it otherwise, `stop_prefect_harness`); its pid goes into `record` at once, its
     URL once its /health answers (on the deadline of `prefect_server_timeout()`). On any
@@ -836,6 +837,9 @@ def start_prefect_harness(folder: Path, record: Path) -> dict[str, Any]:
         # What prefect.server.api.server.SubprocessASGIServer (the harness's server) sets.
         PREFECT__SERVER_EPHEMERAL="1",
         PREFECT__SERVER_FINAL="1",
+        # No test reads the Prefect events of its flows (only their task runs, which the
+        # task-run recorder writes), so none are stored or matched against automations:
+        # about a tenth of this server's CPU (docs/testing.md, eighth look).
         PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="false",
         PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false",
     )
