@@ -839,7 +839,7 @@ def start_prefect_harness(folder: Path, record: Path) -> dict[str, Any]:
         PREFECT__SERVER_FINAL="1",
         # No test reads the Prefect events of its flows (only their task runs, which the
         # task-run recorder writes), so none are stored or matched against automations:
-        # about a tenth of this server's CPU (docs/testing.md, eighth look).
+        # about 8 % of this server's CPU (docs/testing.md, eighth look).
         PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="false",
         PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false",
     )
@@ -892,10 +892,11 @@ def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
     to ask (the others wait on a lock and find it in the run's folder); it outlives that
     worker, and the run stops it at its very end (`pytest_sessionfinish` of the controller).
 
-    Right after it has migrated its new database, a copy of its home is kept as the template
-    every other Prefect server of the run starts from (`prefect_home_template`), and in
-    pytest's cache for the next run's test server (`cached_prefect_home`; the cache is per
-    Prefect version): a new database costs about 11 s of CPU a server to migrate."""
+    Right after it answers (its database migrated), a copy of its home is kept as the
+    template every other Prefect server of the run starts from (`prefect_home_template`), and
+    in pytest's cache for the next run's test server (`cached_prefect_home`; the cache is per
+    Prefect version, and dropped if a start from it fails): a new database costs about 11 s
+    of CPU a server to migrate."""
     root = run_root(config)
     record = root / HARNESS_RECORD
     with run_lock(root, "prefect-harness"):
@@ -911,6 +912,8 @@ def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
                     store_prefect_home(root / TEMPLATE, cached)
             except Exception as exc:
                 stop_prefect_harness(root)  # one that answered, but could not be copied
+                if cached is not None:  # whatever it was, the next run starts from scratch
+                    shutil.rmtree(cached, ignore_errors=True)
                 # The next worker to ask fails at once instead of waiting out the deadline again.
                 record.write_text(json.dumps({"error": str(exc)}))
                 raise

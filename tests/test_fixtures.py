@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -387,3 +388,30 @@ def test_a_prefect_home_starts_from_the_template_and_keeps_its_own_database(
     (home / "prefect.db").write_bytes(b"its own")  # a server's database is never replaced
     seed_prefect_home(template, home)
     assert (home / "prefect.db").read_bytes() == b"its own"
+
+
+def test_a_test_server_that_fails_to_start_from_the_cached_home_drops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tests.conftest as shared
+
+    cached = tmp_path / "cache"
+    cached.mkdir()
+    (cached / "prefect.db").write_bytes(b"not a database")  # e.g. a disk that filled up
+    (tmp_path / "run").mkdir()
+
+    class Cache:
+        def mkdir(self, name: str) -> Path:
+            return cached
+
+    def no_server(folder: Path, record: Path) -> dict[str, Any]:
+        raise AssertionError("no server is started from a database that cannot be read")
+
+    monkeypatch.setattr(shared, "start_prefect_harness", no_server)
+    config: Any = SimpleNamespace(
+        cache=Cache(), workerinput={"backfill_run_root": str(tmp_path / "run")}
+    )
+    with pytest.raises(sqlite3.DatabaseError):
+        shared.shared_prefect_server(config)
+    assert not cached.exists()  # the next run migrates a new database, and caches that
+    assert "error" in json.loads((tmp_path / "run" / HARNESS_RECORD).read_text())
