@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -777,20 +778,28 @@ def cached_prefect_home(config: pytest.Config) -> Path | None:
         return None
     from prefect import __version__
 
-    return Path(cache.mkdir(f"prefect-home-{__version__}"))
+    try:
+        return Path(cache.mkdir(f"prefect-home-{__version__}"))
+    except OSError:  # a read-only checkout: every run migrates its own, as without a cache
+        return None
 
 
 def store_prefect_home(source: Path, cached: Path) -> None:
     """Keep the files of Prefect home `source` in `cached`, each replaced at once, so that a
-    run reading it meanwhile (another pytest) sees a whole file or none."""
-    for name in PREFECT_HOME_FILES:
-        if (source / name).is_file():
-            part = cached / f".{name}.{os.getpid()}.part"
-            if name.endswith(".db"):
-                copy_sqlite(source / name, part)
-            else:
-                shutil.copyfile(source / name, part)
-            os.replace(part, cached / name)
+    run reading it meanwhile (another pytest) sees a whole file or none. A cache that cannot
+    be written (a full disk) is a warning: the run goes on without it."""
+    try:
+        for name in PREFECT_HOME_FILES:
+            if (source / name).is_file():
+                part = cached / f".{name}.{os.getpid()}.part"
+                if name.endswith(".db"):
+                    copy_sqlite(source / name, part)
+                else:
+                    shutil.copyfile(source / name, part)
+                os.replace(part, cached / name)
+    except (OSError, sqlite3.Error) as exc:
+        shutil.rmtree(cached, ignore_errors=True)
+        warnings.warn(f"the Prefect home was not kept in pytest's cache: {exc}", stacklevel=1)
 
 
 def copy_sqlite(source: Path, target: Path) -> None:

@@ -415,3 +415,15 @@ def test_a_test_server_that_fails_to_start_from_the_cached_home_drops_it(
         shared.shared_prefect_server(config)
     assert not cached.exists()  # the next run migrates a new database, and caches that
     assert "error" in json.loads((tmp_path / "run" / HARNESS_RECORD).read_text())
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path: Path) -> None:
+    source = tmp_path / "home"
+    source.mkdir()
+    with sqlite3.connect(source / "prefect.db") as conn:
+        conn.execute("CREATE TABLE migrated (revision TEXT)")
+    conn.close()
+    cached = tmp_path / "cache"
+    cached.write_text("a file where the cache's folder should be")
+    with pytest.warns(UserWarning, match="not kept in pytest's cache"):
+        store_prefect_home(source, cached)
