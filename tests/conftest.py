@@ -755,18 +755,18 @@ def run_lock(root: Path, name: str) -> Iterator[None]:
 #: What of a Prefect home a new server starts from: its database, migrated, and Prefect's memo
 #: that the block types are registered in it. Without them a start costs about 11 s more of
 #: CPU (the migrations of a new database), or 2 s more (the block registration).
-PREFECT_HOME_FILES = ("prefect.db", "memo_store.toml")
+PREFECT_DB, PREFECT_MEMO = "prefect.db", "memo_store.toml"
+PREFECT_HOME_FILES = (PREFECT_DB, PREFECT_MEMO)
 
 
 def seed_prefect_home(source: Path, home: Path) -> None:
     """Start Prefect home `home` (a server's PREFECT_HOME, new) from the files of `source`
     that exist (`PREFECT_HOME_FILES`); an existing database of `home` is kept."""
     home.mkdir(parents=True, exist_ok=True)
-    database, memo = PREFECT_HOME_FILES
-    if (source / database).is_file() and not (home / database).exists():
-        copy_sqlite(source / database, home / database)
-    if (source / memo).is_file():
-        shutil.copyfile(source / memo, home / memo)
+    if (source / PREFECT_DB).is_file() and not (home / PREFECT_DB).exists():
+        copy_sqlite(source / PREFECT_DB, home / PREFECT_DB)
+    if (source / PREFECT_MEMO).is_file():
+        shutil.copyfile(source / PREFECT_MEMO, home / PREFECT_MEMO)
 
 
 def cached_prefect_home(config: pytest.Config) -> Path | None:
@@ -792,7 +792,7 @@ def store_prefect_home(source: Path, cached: Path) -> None:
         for name in PREFECT_HOME_FILES:
             if (source / name).is_file():
                 part = cached / f".{name}.{os.getpid()}.part"
-                if name.endswith(".db"):
+                if name == PREFECT_DB:
                     copy_sqlite(source / name, part)
                 else:
                     shutil.copyfile(source / name, part)
@@ -838,7 +838,7 @@ def start_prefect_harness(folder: Path, record: Path) -> dict[str, Any]:
     URL once its /health answers (on the deadline of `prefect_server_timeout()`). On any
     failure, an interrupt included, it is stopped."""
     folder.mkdir(parents=True, exist_ok=True)
-    database = folder / "prefect.db"
+    database = folder / PREFECT_DB
     env = prefect_env(
         folder,
         PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}",
@@ -917,7 +917,7 @@ def shared_prefect_server(config: pytest.Config) -> dict[str, Any]:
                     seed_prefect_home(cached, folder)
                 started = start_prefect_harness(folder, record)
                 seed_prefect_home(folder, root / TEMPLATE)
-                if cached is not None and not (cached / PREFECT_HOME_FILES[0]).is_file():
+                if cached is not None and not (cached / PREFECT_DB).is_file():
                     store_prefect_home(root / TEMPLATE, cached)
             except Exception as exc:
                 stop_prefect_harness(root)  # one that answered, but could not be copied

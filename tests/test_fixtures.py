@@ -397,7 +397,7 @@ def test_a_test_server_that_fails_to_start_from_the_cached_home_drops_it(
 
     cached = tmp_path / "cache"
     cached.mkdir()
-    (cached / "prefect.db").write_bytes(b"not a database")  # e.g. a disk that filled up
+    (cached / "prefect.db").write_bytes(b"not a database")  # whatever made it so
     (tmp_path / "run").mkdir()
 
     class Cache:

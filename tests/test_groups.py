@@ -57,3 +57,19 @@ def test_two_tests_of_one_node_id_are_refused() -> None:
     with pytest.raises(pytest.UsageError, match=r"1 node id\(s\) shared .*tests/t.py::test_a"):
         check_node_ids(items, loadgroup=False)
     check_node_ids(items[:2], loadgroup=False)
+
+
+def test_under_loadgroup_a_grouped_test_whose_id_lacks_its_group_is_refused() -> None:
+    """The `@group` suffix is what keeps a group on one worker (pytest 9.2 ignored the id
+    xdist writes it into, and both workers started a Prefect server)."""
+
+    def item(nodeid: str, group: str | None) -> Any:
+        marks = [pytest.mark.xdist_group(group).mark] if group else []
+        return SimpleNamespace(nodeid=nodeid, iter_markers=lambda name: iter(marks))
+
+    grouped = [item("tests/t.py::test_a@races", "races"), item("tests/t.py::test_b", None)]
+    check_node_ids(grouped, loadgroup=True)
+    lost = [item("tests/t.py::test_a", "races")]
+    check_node_ids(lost, loadgroup=False)  # without loadgroup, no suffix is expected
+    with pytest.raises(pytest.UsageError, match=r"xdist_group 'races' of tests/t.py::test_a"):
+        check_node_ids(lost, loadgroup=True)
