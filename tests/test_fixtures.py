@@ -427,3 +427,24 @@ def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path: Pat
     cached.write_text("a file where the cache's folder should be")
     with pytest.warns(UserWarning, match="not kept in pytest's cache"):
         store_prefect_home(source, cached)
+
+
+def test_the_environment_is_compiled_so_no_process_compiles_prefect_again() -> None:
+    """`uv sync` (and so `uv run` on a fresh clone) writes the environment's .pyc files
+    (`compile-bytecode`, pyproject.toml). Where PYTHONDONTWRITEBYTECODE is set, Python never
+    writes them: without them each of the run's ~150 processes compiled what it imported."""
+    import importlib.util
+
+    import fastapi
+    import prefect
+    import prefect.cli
+    import prefect.server.api.server
+    import sqlalchemy
+
+    modules = (prefect, prefect.cli, prefect.server.api.server, fastapi, sqlalchemy)
+    missing = [
+        m.__name__
+        for m in modules
+        if not Path(importlib.util.cache_from_source(m.__file__ or "")).is_file()
+    ]
+    assert missing == []
