@@ -429,10 +429,11 @@ def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path: Pat
         store_prefect_home(source, cached)
 
 
-def test_the_environment_is_compiled_so_no_process_compiles_prefect_again() -> None:
-    """`uv sync` (and so `uv run` on a fresh clone) writes the environment's .pyc files
-    (`compile-bytecode`, pyproject.toml). Where PYTHONDONTWRITEBYTECODE is set, Python never
-    writes them: without them each of the run's ~150 processes compiled what it imported."""
+def test_the_environment_and_the_project_are_compiled_so_no_process_compiles_them_again() -> None:
+    """Where PYTHONDONTWRITEBYTECODE is set, Python writes no .pyc files, so each of the run's
+    ~150 processes compiled what it imported from source. `uv sync` (and so `uv run` on a fresh
+    clone) writes the environment's (`compile-bytecode`, pyproject.toml); the run writes the
+    project's (`compile_project`) and keeps the test modules pytest rewrites."""
     import importlib.util
 
     import fastapi
@@ -440,11 +441,19 @@ def test_the_environment_is_compiled_so_no_process_compiles_prefect_again() -> N
     import prefect.cli
     import prefect.server.api.server
     import sqlalchemy
+    from _pytest.assertion.rewrite import PYC_TAIL
+
+    import api.main
+    import flows.engine
+    import ops.cli
 
     modules = (prefect, prefect.cli, prefect.server.api.server, fastapi, sqlalchemy)
+    modules += (api.main, flows.engine, ops.cli)
     missing = [
         m.__name__
         for m in modules
         if not Path(importlib.util.cache_from_source(m.__file__ or "")).is_file()
     ]
     assert missing == []
+    rewritten = Path(__file__).parent / "__pycache__" / (Path(__file__).stem + PYC_TAIL)
+    assert rewritten.is_file()
