@@ -721,8 +721,9 @@ TEMPLATE = "prefect-template"
 
 def pytest_configure(config: pytest.Config) -> None:
     global SESSIONS
-    # pytest keeps the test modules it rewrites (asserts) unless PYTHONDONTWRITEBYTECODE is set:
-    # then each worker rewrote and compiled all 80 again, about 2 s of CPU.
+    # pytest keeps the test modules and conftests it rewrites (asserts) unless
+    # PYTHONDONTWRITEBYTECODE is set: then each worker rewrote and compiled all 80 again,
+    # about 2 s of CPU. (This conftest, imported before, is rewritten each time: 0.02 s.)
     sys.dont_write_bytecode = False
     if not hasattr(config, "workerinput"):  # the xdist controller, or a run without xdist
         compile_project()

@@ -442,6 +442,8 @@ def test_the_environment_and_the_project_are_compiled_so_no_process_compiles_the
         top, *rest = module.split(".")
         spec = importlib.util.find_spec(top)
         assert spec is not None and spec.origin is not None, module
+        if not rest:
+            return Path(spec.origin)
         path = Path(spec.origin).parent.joinpath(*rest)
         return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
