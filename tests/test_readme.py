@@ -39,12 +39,14 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
     assert [c.split()[0:4] for c in commands[:3]] == [
         ["uv", "run", "backfill", "api"],
     ] * 3
+    # From the checkout, as the README runs them (outside a project, `uv run backfill` would
+    # find the command only on a PATH that has the project's environment on it).
     env = os.environ | {"BACKFILL_DATABASE_URL": f"sqlite:///{tmp_path / 'readme.db'}"}
     migrate, token_create, serve, *curls = commands
-    subprocess.run(shlex.split(migrate), cwd=tmp_path, env=env, check=True, timeout=120)
+    subprocess.run(shlex.split(migrate), cwd=ROOT, env=env, check=True, timeout=120)
     token = subprocess.run(
         shlex.split(token_create),
-        cwd=tmp_path,
+        cwd=ROOT,
         env=env,
         check=True,
         timeout=120,
@@ -59,7 +61,7 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
             server = spawn(
                 "the README's API",
                 shlex.split(serve.replace("8000", str(port))),
-                cwd=tmp_path,
+                cwd=ROOT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -78,7 +80,7 @@ def test_readme_api_walkthrough(tmp_path: Path) -> None:
             json.loads(
                 subprocess.run(
                     ["bash", "-c", curl],
-                    cwd=tmp_path,
+                    cwd=ROOT,
                     env=env | {"TOKEN": token},
                     check=True,
                     capture_output=True,
